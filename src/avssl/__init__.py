@@ -1,0 +1,18 @@
+"""avssl: self-supervised audio representations learned from video.
+
+``avssl.load_model`` is imported lazily so ``import avssl`` stays light.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str):
+    if name == "load_model":
+        from .embed import load_model
+
+        return load_model
+    raise AttributeError(f"module 'avssl' has no attribute {name!r}")

@@ -1,0 +1,177 @@
+"""Audio in: decode any file (or the audio track of any video), resample, and the log-mel front-end.
+
+Pure functions plus one ``nn.Module``. Nothing here imports training or data code.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import AudioConfig
+
+
+class AudioDecodeError(RuntimeError):
+    """A file could not be decoded to audio; the message names the file and why."""
+
+
+def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+    """Resample ``float32[..., N]`` (last axis is time) with soxr's high-quality filter."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if int(orig_rate) == int(target_rate):
+        return audio
+    import soxr
+
+    if audio.ndim == 1:
+        return soxr.resample(audio, orig_rate, target_rate).astype(np.float32)
+    flat = audio.reshape(-1, audio.shape[-1])
+    out = soxr.resample(flat.T, orig_rate, target_rate).T  # soxr wants [time, channels]
+    return np.ascontiguousarray(out, dtype=np.float32).reshape(*audio.shape[:-1], -1)
+
+
+def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+    """Decode the first audio stream of ``path`` to mono ``float32[N]`` at ``sample_rate`` Hz.
+
+    Works for audio files (wav, flac, mp3, ogg/opus, ...) and the audio track of videos
+    (mp4, webm, mkv, avi, mov, flv). Channels are averaged. Raises :class:`AudioDecodeError`
+    naming the file when it is missing, unreadable or has no audio stream.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioDecodeError(f"{path}: no such file")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioDecodeError(f"{path}: has no audio stream")
+            stream = container.streams.audio[0]
+            # Resample inside FFmpeg only to planar float; rate conversion is done by soxr.
+            chunks = []
+            rate = stream.codec_context.sample_rate or stream.rate
+            for frame in container.decode(stream):
+                arr = frame.to_ndarray()
+                if frame.format.is_planar:
+                    arr = arr.reshape(len(frame.layout.channels), -1)
+                else:
+                    arr = arr.reshape(-1, len(frame.layout.channels)).T
+                chunks.append(_to_float(arr).mean(axis=0))
+                rate = frame.sample_rate
+    except AudioDecodeError:
+        raise
+    except Exception as e:  # av.error.* and friends: report the file
+        raise AudioDecodeError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from e
+    if not chunks:
+        raise AudioDecodeError(f"{path}: audio stream decoded to zero samples")
+    audio = np.concatenate(chunks).astype(np.float32)
+    return resample(audio, int(rate), sample_rate)
+
+
+def _to_float(arr: np.ndarray) -> np.ndarray:
+    """Integer PCM to float32 in [-1, 1]; float stays float."""
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float32)
+    if arr.dtype == np.uint8:
+        return (arr.astype(np.float32) - 128.0) / 128.0
+    return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)
+
+
+def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above (librosa's default, htk=False)."""
+    f = np.asarray(f, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, logstep = 1000.0, math.log(6.4) / 27.0
+    mel = f / f_sp
+    log_region = f >= min_log_hz
+    return np.where(log_region, min_log_hz / f_sp + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, mel)
+
+
+def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, logstep = 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+@functools.lru_cache(maxsize=16)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+    """Triangular Slaney-normalised mel filters, ``float32[n_mels, n_fft // 2 + 1]`` (cached)."""
+    if not 0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={f_min}, f_max={f_max}, rate={sample_rate}")
+    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    mel_pts = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    fdiff = np.diff(mel_pts)
+    ramps = mel_pts[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_pts[2:] - mel_pts[:-2]))[:, None]  # equal area per filter
+    return weights.astype(np.float32)
+
+
+def _window(name: str, length: int) -> torch.Tensor:
+    if name == "hann":
+        return torch.hann_window(length, periodic=True, dtype=torch.float64)
+    if name == "hamming":
+        return torch.hamming_window(length, periodic=True, dtype=torch.float64)
+    raise ValueError(f"unknown window {name!r}; use 'hann' or 'hamming'")
+
+
+class LogMel(nn.Module):
+    """Waveform ``float32[B, N]`` -> log-mel ``float32[B, n_mels, T]``, T = N // hop + 1.
+
+    Centred frames (zero padding of n_fft // 2 at both ends), power spectrum, mel filters,
+    ``log(mel + log_offset)``. With ``export_mode=True`` the STFT is computed as a strided
+    convolution with a windowed DFT basis (same numbers, but ONNX-exportable); the default
+    uses ``torch.stft``.
+    """
+
+    def __init__(self, cfg: AudioConfig | None = None, export_mode: bool = False):
+        super().__init__()
+        cfg = cfg or AudioConfig()
+        if cfg.win_length > cfg.n_fft:
+            raise ValueError(f"win_length ({cfg.win_length}) must be <= n_fft ({cfg.n_fft})")
+        self.cfg = cfg
+        self.export_mode = export_mode
+        win = _window(cfg.window, cfg.win_length)
+        left = (cfg.n_fft - cfg.win_length) // 2
+        win = F.pad(win, (left, cfg.n_fft - cfg.win_length - left))  # window centred in n_fft
+        self.register_buffer("window", win.float(), persistent=False)
+        fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
+        self.register_buffer("mel_fb", torch.from_numpy(fb.copy()), persistent=False)
+        n_bins = cfg.n_fft // 2 + 1
+        k = torch.arange(n_bins, dtype=torch.float64)[:, None]
+        n = torch.arange(cfg.n_fft, dtype=torch.float64)[None, :]
+        ang = 2 * math.pi * k * n / cfg.n_fft
+        basis = torch.cat([torch.cos(ang), -torch.sin(ang)]) * win[None, :]
+        self.register_buffer("dft_basis", basis.float()[:, None, :], persistent=False)  # [2*bins, 1, n_fft]
+
+    def power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` -> ``|STFT|^2`` as ``[B, n_fft//2+1, T]``."""
+        cfg = self.cfg
+        if self.export_mode:
+            x = F.pad(wave[:, None, :], (cfg.n_fft // 2, cfg.n_fft // 2))
+            spec = F.conv1d(x, self.dft_basis, stride=cfg.hop_length)
+            re, im = spec.chunk(2, dim=1)
+            return re * re + im * im
+        spec = torch.stft(
+            wave, cfg.n_fft, cfg.hop_length, cfg.n_fft, self.window, center=True, pad_mode="constant", return_complex=True
+        )
+        return spec.real.square() + spec.imag.square()
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if wave.dim() != 2:
+            raise ValueError(f"LogMel expects a waveform batch [B, N], got shape {tuple(wave.shape)}")
+        power = self.power_spectrogram(wave.float())
+        mel = torch.matmul(self.mel_fb, power)
+        return torch.log(mel + self.cfg.log_offset)
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples // self.cfg.hop_length + 1

@@ -1,0 +1,61 @@
+"""Self-describing checkpoints, written atomically and read with ``weights_only=True``.
+
+A checkpoint is a dict with at least ``format_version``, ``config`` (the full resolved config as
+a nested dict) and ``model`` (the unwrapped model's state dict). The trainer adds optimizer,
+scheduler, step and RNG states. Inference code needs only this module and ``avssl.models``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt or of an unknown format."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format_version": FORMAT_VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({type(e).__name__}: {e}); the file is truncated or corrupt, "
+            "use an earlier checkpoint"
+        ) from e
+    if not isinstance(state, dict) or "format_version" not in state or "config" not in state or "model" not in state:
+        raise CheckpointError(f"{path}: not an avssl checkpoint (missing format_version/config/model)")
+    if state["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {state['format_version']} is newer than this avssl supports "
+            f"({FORMAT_VERSION}); upgrade avssl"
+        )
+    return state

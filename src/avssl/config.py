@@ -1,0 +1,269 @@
+"""Typed configuration: dataclasses, YAML presets that hold overrides only, and ``--set a.b=c``.
+
+Every section is a frozen-by-convention dataclass with defaults. A preset (``tiny``, ``small``,
+``paper`` or a path to a YAML file) and the ``--set`` overrides are applied on top of the
+defaults; unknown keys are an error that names the key and lists the valid ones. The resolved
+config is saved next to every output (:func:`save_config`) and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class AudioConfig:
+    """Audio decoding and the log-mel front-end (units: Hz, samples)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms at 16 kHz
+    hop_length: int = 160  # 10 ms at 16 kHz
+    window: str = "hann"  # hann | hamming
+    n_mels: int = 64
+    f_min: float = 60.0
+    f_max: float = 7800.0
+    log_offset: float = 1e-6  # log(mel + log_offset)
+
+
+@dataclass
+class VideoConfig:
+    """Frame sampling for the video branch: low resolution on purpose."""
+
+    fps: float = 10.0
+    size: int = 64  # short side scaled to this, then centre-cropped square
+
+
+@dataclass
+class IngestConfig:
+    """How videos become shards."""
+
+    clip_seconds: float = 10.0  # long videos are cut into consecutive clips of this length
+    min_seconds: float = 1.0  # shorter clips are dropped and counted
+    samples_per_shard: int = 128
+    frame_format: str = "jpeg"  # see README "Frame storage" for the measurement behind this
+    jpeg_quality: int = 90
+    audio_only: str = "skip"  # skip | keep (keep: sample has no frames)
+    workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """Which towers to build and how big (see ``avssl.models``)."""
+
+    preset: str = "tiny"  # tiny | small | paper: tower families and base widths
+    width: float = 1.0  # width multiplier applied on top of the preset
+    embed_dim: int = 128  # shared contrastive space
+    views: list[str] = field(default_factory=lambda: ["spec", "wave", "video"])
+    video_depth: int = 18  # 18 | 50 (TSM-ResNet)
+
+
+@dataclass
+class DataConfig:
+    """Shards to batches."""
+
+    crop_seconds: float = 3.0
+    batch_size: int = 32
+    num_workers: int = 1
+    shuffle_buffer: int = 256
+    epoch_batches: int = 0  # 0: derived from the manifest (equal on every rank)
+
+
+@dataclass
+class AugmentConfig:
+    """Batch-level mixing and per-example augmentation (``avssl.augment``)."""
+
+    mix: str = "mixup"  # none | mixup | mixback
+    mix_prob: float = 1.0
+    mix_alpha: float = 0.4  # lambda ~ Beta(alpha, alpha), folded to [0.5, 1]
+    mixback_max: float = 0.2  # mixback: at most this share of another clip's audio
+    mix_audio: bool = True
+    mix_video: bool = True
+    random_gain_db: float = 6.0
+    spec_mask: bool = False
+    frame_crop_scale: float = 0.6  # random resized crop: minimum area fraction
+    frame_flip: bool = True
+    color_jitter: float = 0.2
+
+
+@dataclass
+class LossConfig:
+    """InfoNCE between view pairs (``avssl.losses``)."""
+
+    pairs: list[str] = field(default_factory=lambda: ["spec-video", "wave-video", "spec-wave"])
+    weights: dict[str, float] = field(default_factory=dict)  # pair -> weight, default 1
+    temperature: float = 0.1
+    learn_temperature: bool = False
+    local_loss: bool = False  # only the local rows against global columns
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | lars
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 200
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    channels_last: bool = False
+    sync_bn: bool = False
+
+
+@dataclass
+class Config:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """Build a config from a (possibly partial) nested dict; unknown keys are an error."""
+        return apply_overrides(cls(), d)
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names it and what is valid."""
+
+
+def _check_value(where: str, tp: Any, value: Any) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` or raise :class:`ConfigError`."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_value(f"{where}[{i}]", item, v) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _check_value(f"{where}.{k}", vt, v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: union types are not supported in configs")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def apply_overrides(obj: Any, d: dict[str, Any], where: str = "") -> Any:
+    """Return a copy of dataclass ``obj`` with the nested dict ``d`` applied (strict keys)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {d!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    changes = {}
+    for key, value in d.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'; valid keys here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = apply_overrides(current, value, path)
+        else:
+            changes[key] = _check_value(path, hints[key], value)
+    return dataclasses.replace(obj, **changes)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["model.width=0.5", "loss.pairs=[spec-wave]"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set key {key!r} is malformed; use section.key=value")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def preset_path(preset: str | Path) -> Path:
+    """Resolve a preset name (``tiny``) or a YAML path to a file path."""
+    p = Path(preset)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    named = PRESET_DIR / f"{preset}.yaml"
+    if not named.is_file():
+        names = sorted(q.stem for q in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"no preset named {preset!r}; presets: {', '.join(names)}, or a path to a .yaml file")
+    return named
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults, then the preset's overrides, then ``--set`` overrides (strings) or a dict."""
+    cfg = Config()
+    if preset is not None:
+        path = preset_path(preset)
+        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            cfg = apply_overrides(cfg, data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    if overrides:
+        cfg = apply_overrides(cfg, overrides if isinstance(overrides, dict) else parse_set(list(overrides)))
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (``config.yaml`` next to an output)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path
+
+
+def config_json(cfg: Config) -> str:
+    """The resolved config as canonical JSON (for manifests and checkpoints)."""
+    return json.dumps(cfg.to_dict(), sort_keys=True)

@@ -1,0 +1,54 @@
+import pytest
+import yaml
+
+from avssl.config import Config, ConfigError, load_config, parse_set, save_config
+
+
+def test_presets_hold_only_valid_overrides():
+    for name in ("tiny", "small", "paper"):
+        cfg = load_config(name)
+        assert isinstance(cfg, Config)
+    assert load_config("tiny").model.preset == "tiny"
+    assert load_config("paper").model.video_depth == 50
+
+
+def test_set_overrides_are_typed():
+    cfg = load_config("tiny", ["model.width=0.5", "loss.pairs=[spec-wave]", "train.steps=7", "loss.weights={spec-wave: 2}"])
+    assert cfg.model.width == 0.5 and isinstance(cfg.model.width, float)
+    assert cfg.loss.pairs == ["spec-wave"]
+    assert cfg.train.steps == 7
+    assert cfg.loss.weights == {"spec-wave": 2.0}
+    # later overrides win over the preset, untouched keys keep preset values
+    assert cfg.data.batch_size == load_config("tiny").data.batch_size
+
+
+def test_unknown_key_names_key_and_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.widht=2"])
+    assert "model.widht" in str(e.value) and "width" in str(e.value)
+    with pytest.raises(ConfigError, match="unknown config key 'nope'"):
+        Config.from_dict({"nope": {}})
+
+
+def test_bad_values_are_errors():
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_set(["train.steps"])
+    with pytest.raises(ConfigError, match="no preset named"):
+        load_config("huge")
+
+
+def test_bad_preset_file_names_the_file(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("optim: {lr: 0.1, momentum: 0.9}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(p) in str(e.value) and "optim.momentum" in str(e.value)
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config("small", ["augment.mix=mixback"])
+    path = save_config(cfg, tmp_path / "config.yaml")
+    again = Config.from_dict(yaml.safe_load(path.read_text()))
+    assert again == cfg
