@@ -1,14 +1,43 @@
 """Shards -> batches for training. The trainer's side of the shard contract.
 
-(The streaming loader is added by the pretraining issue; ``Batch`` is the seam every stage after
-``data`` shares.)
+The loader streams WebDataset tar shards (a shard folder with ``manifest.json``, a brace-expanded
+list such as ``shards/{000000..000099}.tar``, or any URL / ``pipe:`` source WebDataset opens),
+shuffles through a buffer, splits the stream by rank and by DataLoader worker, decodes each sample
+in the workers with :func:`avssl.shards.decode_sample`, takes an aligned random crop of
+``cfg.data.crop_seconds`` (the audio window and exactly the frames shown in it) and collates
+crops into a :class:`Batch`.
+
+Determinism and equal lengths. Each rank reads an endless, seeded stream made of *passes*: pass
+``p`` permutes the shard list with ``seed`` and ``p`` (the same permutation on every rank), gives
+each (rank, worker) slot its share, shuffles through the buffer and crops with a generator seeded
+from ``(seed, p, key)``. Batch ``g`` of a rank always comes from the same slot, so the stream is a
+pure function of ``(seed, world size, workers, batch index)``: a resumed run skips the batches
+already consumed (reading raw tar bytes only, no decoding; whole passes are skipped by arithmetic
+when the manifest gives the sample counts) and sees exactly the batches an uninterrupted run
+would. Because the stream never ends and the trainer draws the same number of steps on every rank,
+no rank can run out of data before another (which would deadlock the global gather);
+``epoch_batches`` (equal on every rank, from the manifest) only numbers the epochs.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import zlib
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
 
+import numpy as np
 import torch
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Missing or empty shards, or shards whose ingest parameters do not match the config."""
 
 
 @dataclass
@@ -17,17 +46,386 @@ class Batch:
 
     audio:  float32[B, N] waveform at ``audio.sample_rate`` (not features)
     frames: uint8[B, T, 3, H, W] from the shards, or float32 in [0, 1] once augmented; T = crop * fps
+            (T = 0 when the run uses no video view)
     keys:   list of B sample keys ``{video_id}-{clip:04d}``
+    audio2: float32[B, N], a second, independent crop of the same clips' audio (two-crop runs), else None
     """
 
     audio: torch.Tensor
     frames: torch.Tensor
     keys: list[str]
+    audio2: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return replace(
-            self, audio=self.audio.to(device, non_blocking=non_blocking), frames=self.frames.to(device, non_blocking=non_blocking)
-        )
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return replace(self, audio=move(self.audio), frames=move(self.frames), audio2=move(self.audio2))
+
+    def pin_memory(self) -> "Batch":
+        """Called by ``DataLoader(pin_memory=True)``."""
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return replace(self, audio=pin(self.audio), frames=pin(self.frames), audio2=pin(self.audio2))
 
     def __len__(self) -> int:
         return self.audio.shape[0]
+
+
+# ----------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class ShardSet:
+    """Resolved shard URLs, their sample counts (``None`` when unknown) and the manifest."""
+
+    urls: list[str]
+    counts: list[int] | None
+    manifest: dict[str, Any] | None
+
+
+def resolve_shards(data: str | Path, manifest: str | Path | None = None) -> ShardSet:
+    """Turn ``--data`` into shard URLs.
+
+    ``data`` is a shard folder (or its ``manifest.json``), a brace pattern
+    (``/d/{000000..000009}.tar``, ``::`` separates several), or URLs / ``pipe:`` commands.
+    ``manifest`` (a folder or ``manifest.json``) overrides where the manifest is looked up; for
+    local shard patterns it is found next to the shards. Raises :class:`DataError` naming what is
+    missing.
+    """
+    from webdataset.shardlists import expand_urls
+
+    from .shards import read_manifest
+
+    path = Path(str(data))
+    if manifest is None and (path.is_dir() or path.name == "manifest.json"):
+        folder = path if path.is_dir() else path.parent
+        man = _read_manifest(read_manifest, folder)
+        urls = [str(folder / s["name"]) for s in man["shards"]]
+        missing = [u for u in urls if not Path(u).is_file()]
+        if missing:
+            raise DataError(
+                f"{folder}: manifest.json lists {len(missing)} shard(s) that do not exist, e.g. {missing[0]}; "
+                "re-run `avssl ingest` into this folder or restore the files"
+            )
+        return _with_counts(urls, man)
+    if str(data).strip() == "":
+        raise DataError("--data is empty; pass a shard folder, a brace pattern or shard URLs")
+    urls = expand_urls(str(data))
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not Path(u).is_file()]
+    if missing == [str(data)]:
+        raise DataError(f"{data}: no such shard folder or file; run `avssl ingest VIDEOS --out {data}` first")
+    if missing:
+        raise DataError(f"shard source '{data}': {len(missing)} shard(s) do not exist, e.g. {missing[0]}")
+    if manifest is not None:
+        mpath = Path(manifest)
+        man = _read_manifest(read_manifest, mpath if mpath.is_dir() else mpath.parent)
+    elif local and (Path(local[0]).parent / "manifest.json").is_file():
+        man = _read_manifest(read_manifest, Path(local[0]).parent)
+    else:
+        man = None
+    return _with_counts(urls, man)
+
+
+def _read_manifest(reader, folder: Path) -> dict[str, Any]:
+    if not folder.exists():
+        raise DataError(f"{folder}: no such shard folder; run `avssl ingest VIDEOS --out {folder}` first")
+    try:
+        return reader(folder)
+    except DataError:
+        raise
+    except Exception as e:  # the shard module's own error already names the file
+        raise DataError(f"{folder}: cannot use this shard folder: {e}") from e
+
+
+def _with_counts(urls: list[str], manifest: dict[str, Any] | None) -> ShardSet:
+    if not urls:
+        raise DataError("the shard set is empty (no shards listed); check --data")
+    if manifest is None:
+        return ShardSet(urls, None, None)
+    by_name = {s["name"]: int(s["samples"]) for s in manifest.get("shards", [])}
+    names = [u.rstrip("/").rsplit("/", 1)[-1] for u in urls]
+    counts = [by_name[n] for n in names] if all(n in by_name for n in names) else None
+    if counts is not None and sum(counts) == 0:
+        raise DataError(f"the shard set {urls[0]}... holds no samples (manifest total 0); check the ingest log")
+    return ShardSet(urls, counts, manifest)
+
+
+def check_manifest(manifest: dict[str, Any], cfg: Config, where: str = "shards") -> None:
+    """Fail fast when the shards were ingested with other parameters than ``cfg`` expects."""
+    params = manifest.get("params", {})
+    wanted = {"sample_rate": cfg.audio.sample_rate, "fps": cfg.video.fps, "size": cfg.video.size}
+    fixes = {"sample_rate": "audio.sample_rate", "fps": "video.fps", "size": "video.size"}
+    for key, want in wanted.items():
+        have = params.get(key)
+        if have is None:
+            raise DataError(f"{where}: manifest.json has no params.{key}; re-ingest with this version of avssl")
+        if not math.isclose(float(have), float(want)):
+            raise DataError(
+                f"{where}: shards were ingested with {key}={have} but the config has {fixes[key]}={want}; "
+                f"train with --set {fixes[key]}={have} or re-ingest with the config's value"
+            )
+    clip = params.get("clip_seconds")
+    if clip is not None and cfg.data.crop_seconds > float(clip) + 1e-9:
+        raise DataError(
+            f"{where}: data.crop_seconds={cfg.data.crop_seconds} is longer than the ingested clips "
+            f"(clip_seconds={clip}); lower data.crop_seconds or re-ingest with longer clips"
+        )
+
+
+# ------------------------------------------------------------------------------------------ crops
+
+
+def _seed_rng(*parts: int | str) -> np.random.Generator:
+    return np.random.default_rng([zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts])
+
+
+def crop_clip(
+    audio: np.ndarray,
+    frames: np.ndarray | None,
+    crop_seconds: float,
+    sample_rate: int,
+    fps: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """An aligned random crop: ``float32[N]`` audio and exactly the ``uint8[T, H, W, 3]`` frames shown in it.
+
+    ``N = round(crop_seconds * sample_rate)``, ``T = round(crop_seconds * fps)``. With frames, the
+    window starts on a frame (frame ``f0`` shows time ``f0 / fps``, the audio starts at sample
+    ``round(f0 / fps * sample_rate)``); without (``frames`` None), it starts on any sample. Where a
+    clip is shorter than the window, audio is zero-padded and the last frame repeats (as
+    :func:`avssl.augment.augment` does); a clip with no frames gets black ones.
+    """
+    n = int(round(crop_seconds * sample_rate))
+    if frames is None:
+        start = int(rng.integers(0, max(0, len(audio) - n) + 1))
+        out_frames = None
+    else:
+        t = int(round(crop_seconds * fps))
+        seconds = min(len(audio) / sample_rate, len(frames) / fps) if len(frames) else len(audio) / sample_rate
+        f0 = int(rng.integers(0, max(0, int(math.floor((seconds - crop_seconds) * fps + 1e-6))) + 1))
+        start = int(round(f0 / fps * sample_rate))
+        out_frames = frames[f0 : f0 + t]
+        if len(out_frames) < t:
+            pad = out_frames[-1:] if len(out_frames) else np.zeros((1, *frames.shape[1:]), np.uint8)
+            out_frames = np.concatenate([out_frames, np.repeat(pad, t - len(out_frames), axis=0)])
+    out = np.asarray(audio[start : start + n], dtype=np.float32)
+    if len(out) < n:
+        out = np.concatenate([out, np.zeros(n - len(out), np.float32)])
+    return out, out_frames
+
+
+def collate(items: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]], frame_shape: tuple[int, int, int]) -> Batch:
+    """``[(key, audio[N], audio2[N] | None, frames[T, H, W, 3] | None), ...]`` -> :class:`Batch`.
+
+    ``frame_shape`` is ``(T, H, W)``; frames are returned as ``uint8[B, T, 3, H, W]``
+    (``T = 0`` when no item carries frames).
+    """
+    audio = torch.from_numpy(np.stack([a for _, a, _, _ in items]))
+    audio2 = torch.from_numpy(np.stack([a2 for _, _, a2, _ in items])) if items[0][2] is not None else None
+    if items[0][3] is None:
+        frames = torch.zeros((len(items), 0, 3, frame_shape[1], frame_shape[2]), dtype=torch.uint8)
+    else:
+        frames = torch.from_numpy(np.stack([f for _, _, _, f in items])).permute(0, 1, 4, 2, 3).contiguous()
+    return Batch(audio=audio, frames=frames, keys=[k for k, _, _, _ in items], audio2=audio2)
+
+
+# ----------------------------------------------------------------------------------------- stream
+
+
+def _buffer_shuffle(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Shuffle a stream through a buffer of ``size`` items (``size <= 1``: unchanged)."""
+    buf: list[Any] = []
+    for x in items:
+        if len(buf) < size:
+            buf.append(x)
+            continue
+        i = int(rng.integers(len(buf)))
+        buf[i], x = x, buf[i]
+        yield x
+    for i in rng.permutation(len(buf)):
+        yield buf[i]
+
+
+def _warn_and_continue(exn: Exception) -> bool:
+    log.warning("skipping unreadable shard data: %s", exn)
+    return True
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """One rank's endless, deterministic stream of :class:`Batch` (see the module docstring).
+
+    Use through :func:`make_loader`. Batch ``g`` (counted from 0 on this rank) comes from slot
+    ``g % workers``; the stream starts at batch ``start_batch``.
+    """
+
+    def __init__(
+        self,
+        shards: ShardSet,
+        cfg: Config,
+        *,
+        rank: int,
+        world_size: int,
+        workers: int,
+        seed: int,
+        start_batch: int,
+        audio_crops: int,
+        with_frames: bool,
+    ) -> None:
+        super().__init__()
+        self.shards, self.cfg = shards, cfg
+        self.rank, self.world_size, self.workers = rank, world_size, max(1, workers)
+        self.seed, self.start_batch = seed, start_batch
+        self.audio_crops, self.with_frames = audio_crops, with_frames
+        self.slots = self.world_size * self.workers
+        self.split_shards = len(shards.urls) >= self.slots
+
+    def _pass_plan(self, p: int, slot: int) -> tuple[list[int], bool]:
+        """Shard indices read by ``slot`` in pass ``p`` and whether it keeps every ``slots``-th sample."""
+        order = _seed_rng(self.seed, p, "shards").permutation(len(self.shards.urls)).tolist()
+        return (order[slot :: self.slots], False) if self.split_shards else (order, True)
+
+    def _pass_count(self, p: int, slot: int) -> int | None:
+        if self.shards.counts is None:
+            return None
+        idx, every = self._pass_plan(p, slot)
+        n = sum(self.shards.counts[i] for i in idx)
+        return len(range(slot, n, self.slots)) if every else n
+
+    def _raw(self, p: int, slot: int) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        idx, every = self._pass_plan(p, slot)
+        samples = wds.tarfile_to_samples(handler=_warn_and_continue)(iter([{"url": self.shards.urls[i]} for i in idx]))
+        for i, s in enumerate(samples):
+            if not every or i % self.slots == slot:
+                yield s
+
+    def slot_samples(self, slot: int, skip: int) -> Iterator[dict[str, Any]]:
+        """Raw samples of ``slot`` (over all passes, shuffled), after skipping ``skip`` of them."""
+        p, empty_passes = 0, 0
+        while True:
+            n = self._pass_count(p, slot)
+            if n is not None and skip >= n > 0:
+                skip, p = skip - n, p + 1
+                continue
+            got = False
+            rng = _seed_rng(self.seed, p, slot, "buffer")
+            for sample in _buffer_shuffle(self._raw(p, slot), self.cfg.data.shuffle_buffer, rng):
+                got = True
+                if skip:
+                    skip -= 1
+                    continue
+                yield {**sample, "__pass__": p}
+            empty_passes = 0 if got else empty_passes + 1
+            if empty_passes > len(self.shards.urls):
+                raise DataError(f"rank {self.rank} slot {slot} reads no samples from {self.shards.urls[0]}...")
+            p += 1
+
+    def _item(self, sample: dict[str, Any]):
+        from .shards import decode_sample
+
+        clip = decode_sample(sample)
+        a, c = self.cfg.audio, self.cfg
+        if clip.sample_rate != a.sample_rate:
+            raise DataError(f"sample {clip.key}: audio at {clip.sample_rate} Hz, config expects {a.sample_rate} Hz")
+        rng = _seed_rng(self.seed, sample["__pass__"], clip.key, "crop")
+        frames = clip.frames if self.with_frames else None
+        if frames is not None and len(frames) == 0:  # an audio-only sample in an audio-visual run: black frames
+            frames = np.zeros((0, c.video.size, c.video.size, 3), np.uint8)
+        audio, frames = crop_clip(clip.audio, frames, c.data.crop_seconds, a.sample_rate, c.video.fps, rng)
+        audio2 = None
+        if self.audio_crops == 2:
+            audio2, _ = crop_clip(clip.audio, None, c.data.crop_seconds, a.sample_rate, c.video.fps, rng)
+        return clip.key, audio, audio2, frames
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        if (info.num_workers if info is not None else 1) != self.workers:
+            raise RuntimeError("ShardStream must run with exactly the number of workers it was built for")
+        # The DataLoader starts its round robin at worker 0; rotate so worker 0 serves batch start_batch.
+        w = (worker + self.start_batch) % self.workers
+        slot = self.rank * self.workers + w
+        done = max(0, -(-(self.start_batch - w) // self.workers))  # batches g < start_batch with g % W == w
+        bsz = self.cfg.data.batch_size
+        frame_shape = (int(round(self.cfg.data.crop_seconds * self.cfg.video.fps)), self.cfg.video.size, self.cfg.video.size)
+        items = []
+        for sample in self.slot_samples(slot, done * bsz):
+            try:
+                items.append(self._item(sample))
+            except DataError:
+                raise
+            except Exception as e:
+                log.warning("skipping sample %s from %s: %s", sample.get("__key__"), sample.get("__url__"), e)
+                continue
+            if len(items) == bsz:
+                yield collate(items, frame_shape)
+                items = []
+
+
+class ShardLoader:
+    """Endless iterator of :class:`Batch` for one rank; ``epoch_batches`` is equal on every rank.
+
+    Attributes: ``shards`` (:class:`ShardSet`), ``manifest`` (dict or None), ``epoch_batches``,
+    ``batch_size``, ``start_batch``.
+    """
+
+    def __init__(self, stream: ShardStream, epoch_batches: int, pin_memory: bool) -> None:
+        self.stream, self.epoch_batches = stream, epoch_batches
+        self.shards, self.manifest = stream.shards, stream.shards.manifest
+        self.batch_size, self.start_batch = stream.cfg.data.batch_size, stream.start_batch
+        n = stream.cfg.data.num_workers
+        self.loader = torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=n, pin_memory=pin_memory,
+            persistent_workers=False, prefetch_factor=4 if n > 0 else None,
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.loader)
+
+
+def make_loader(
+    data: str | Path,
+    cfg: Config,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    start_batch: int = 0,
+    audio_crops: int = 1,
+    with_frames: bool | None = None,
+    manifest: str | Path | None = None,
+    pin_memory: bool = False,
+) -> ShardLoader:
+    """The training loader for ``rank`` of ``world_size``: resolve + check shards, build the stream.
+
+    ``start_batch``: the number of batches this rank already consumed (resume).
+    ``audio_crops``: 2 adds an independent second audio crop (``Batch.audio2``, two-crop runs).
+    ``with_frames``: decode and crop frames (default: when ``"video"`` is in ``cfg.model.views``).
+    Raises :class:`DataError` for a missing/empty shard set or a manifest that does not match ``cfg``.
+    """
+    shards = resolve_shards(data, manifest)
+    if shards.manifest is not None:
+        check_manifest(shards.manifest, cfg, where=str(data))
+        total = int(shards.manifest.get("total_samples", sum(shards.counts or [0])))
+        if total == 0:
+            raise DataError(f"{data}: the shard set holds no samples; check the ingest log (manifest 'skipped')")
+    elif cfg.data.epoch_batches <= 0:
+        raise DataError(
+            f"{data}: no manifest.json found, so the parameters cannot be checked and the epoch length is unknown; "
+            "pass the shard folder, --manifest PATH, or set data.epoch_batches"
+        )
+    else:
+        log.warning("%s: no manifest.json; ingest parameters are NOT checked against the config", data)
+        total = 0
+    global_batch = cfg.data.batch_size * world_size
+    epoch_batches = cfg.data.epoch_batches or max(1, total // global_batch)
+    if shards.manifest is not None and total < global_batch:
+        log.warning("%s: %d samples are fewer than one global batch (%d); samples repeat within a batch", data, total, global_batch)
+    if with_frames is None:
+        with_frames = "video" in cfg.model.views
+    stream = ShardStream(
+        shards, cfg, rank=rank, world_size=world_size, workers=cfg.data.num_workers, seed=cfg.train.seed,
+        start_batch=start_batch, audio_crops=audio_crops, with_frames=with_frames,
+    )
+    if not stream.split_shards:
+        log.info("%d shard(s) < %d reader slots: every slot reads all shards and keeps its share of samples", len(shards.urls), stream.slots)
+    return ShardLoader(stream, epoch_batches, pin_memory)
