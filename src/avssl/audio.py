@@ -39,8 +39,11 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     """Decode the first audio stream of ``path`` to mono ``float32[N]`` at ``sample_rate`` Hz.
 
     Works for audio files (wav, flac, mp3, ogg/opus, ...) and the audio track of videos
-    (mp4, webm, mkv, avi, mov, flv). Channels are averaged. Raises :class:`AudioDecodeError`
-    naming the file when it is missing, unreadable or has no audio stream.
+    (mp4, webm, mkv, avi, mov, flv). Channels are averaged. Stream timestamps are honoured:
+    sample 0 is the first decoded sample (codec priming already removed by the decoder), and
+    the end is trimmed to the stream's declared duration (AAC end padding), so a 2 s AAC file
+    decodes to 2 s, not 2.048 s. Raises :class:`AudioDecodeError` naming the file when it is
+    missing, unreadable or has no audio stream.
     """
     import av
 
@@ -52,25 +55,75 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
             if not container.streams.audio:
                 raise AudioDecodeError(f"{path}: has no audio stream")
             stream = container.streams.audio[0]
-            # Resample inside FFmpeg only to planar float; rate conversion is done by soxr.
-            chunks = []
+            chunks = [(frame.time, frame_to_mono(frame)) for frame in container.decode(stream)]
             rate = stream.codec_context.sample_rate or stream.rate
-            for frame in container.decode(stream):
-                arr = frame.to_ndarray()
-                if frame.format.is_planar:
-                    arr = arr.reshape(len(frame.layout.channels), -1)
-                else:
-                    arr = arr.reshape(-1, len(frame.layout.channels)).T
-                chunks.append(_to_float(arr).mean(axis=0))
-                rate = frame.sample_rate
+            stream_end = stream_end_time(stream)
     except AudioDecodeError:
         raise
     except Exception as e:  # av.error.* and friends: report the file
         raise AudioDecodeError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from e
+    chunks = [(t, x) for t, x in chunks if len(x)]
     if not chunks:
         raise AudioDecodeError(f"{path}: audio stream decoded to zero samples")
-    audio = np.concatenate(chunks).astype(np.float32)
-    return resample(audio, int(rate), sample_rate)
+    begin = chunks[0][0] if chunks[0][0] is not None else 0.0
+    end = _chunks_end(chunks, rate, begin)
+    if stream_end is not None:
+        end = min(end, stream_end)
+    return resample(place_on_timeline(chunks, rate, begin, end), int(rate), sample_rate)
+
+
+def frame_to_mono(frame) -> np.ndarray:
+    """A decoded PyAV ``AudioFrame`` (any sample format and layout) to mono ``float32[samples]``."""
+    arr = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        arr = arr.reshape(channels, -1)
+    else:
+        arr = arr.reshape(-1, channels).T
+    return _to_float(arr).mean(axis=0)
+
+
+def stream_end_time(stream) -> float | None:
+    """End of a PyAV stream in seconds (``start_time + duration``) when the container declares it."""
+    if stream.duration is None or stream.time_base is None:
+        return None
+    return float((stream.start_time or 0) * stream.time_base + stream.duration * stream.time_base)
+
+
+def _chunks_end(chunks: list[tuple[float | None, np.ndarray]], rate: int, begin: float) -> float:
+    """Time just after the last decoded sample (timestamped chunks; a missing time follows on)."""
+    t = begin
+    for start, x in chunks:
+        t = (start if start is not None else t) + len(x) / rate
+    return t
+
+
+def place_on_timeline(
+    chunks: list[tuple[float | None, np.ndarray]], rate: int, begin: float, end: float
+) -> np.ndarray:
+    """Lay timestamped audio chunks on the span ``[begin, end)`` seconds at ``rate`` Hz.
+
+    ``chunks`` are ``(time_of_first_sample_in_seconds or None, float32[n])`` in decode order.
+    Chunks that follow on within 1 ms of the running position are laid end to end (timestamp
+    rounding is not allowed to create clicks); a real gap is filled with zeros and an overlap is
+    overwritten, so sample ``j`` of the result is at time ``begin + j / rate``.
+    Returns ``float32[round((end - begin) * rate)]``.
+    """
+    n = max(0, int(round((end - begin) * rate)))
+    out = np.zeros(n, dtype=np.float32)
+    pos = None
+    tolerance = max(1, int(round(0.001 * rate)))
+    for t, x in chunks:
+        at = int(round((t - begin) * rate)) if t is not None else pos
+        if at is None:
+            at = 0
+        if pos is not None and abs(at - pos) <= tolerance:
+            at = pos
+        lo, hi = max(at, 0), min(at + len(x), n)
+        if hi > lo:
+            out[lo:hi] = x[lo - at : hi - at]
+        pos = at + len(x)
+    return out
 
 
 def _to_float(arr: np.ndarray) -> np.ndarray:

@@ -1,11 +1,266 @@
-"""Containers: the only module that knows about video files (decode for ingest, encode for tests/demo)."""
+"""Containers: the only module that knows about video files (decode for ingest, encode for tests/demo).
+
+:func:`decode_video` puts a file's audio and low-resolution frames on ONE time axis. Time 0 is
+the container's start; every decoded audio chunk and video frame is placed by its own stream
+timestamp, so different stream start times, codec priming (removed by the decoder and shifted in
+the timestamps), AAC end padding (trimmed to the declared stream duration) and variable frame
+rate all come out aligned. Frames are scaled in FFmpeg's scaler (libswscale, area filter) so the
+short side of the *displayed* picture (sample aspect ratio and rotation metadata applied) is
+``size``, then centre-cropped square.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+
+from .audio import frame_to_mono, place_on_timeline, resample, stream_end_time
+
+log = logging.getLogger(__name__)
+
+# Reasons a file cannot be ingested (``MediaError.reason``); stable strings, used in manifests.
+REASONS = {
+    "unreadable": "path missing or not readable",
+    "empty": "zero-byte file",
+    "not-media": "not a media file (e.g. a Git LFS pointer or other text)",
+    "corrupt": "truncated or corrupt media",
+    "no-audio": "no audio stream",
+    "audio-only": "no video stream (audio-only input; set ingest.audio_only=keep to keep it)",
+    "too-short": "shorter than ingest.min_seconds",
+    "not-found": "segment's video not found among the inputs",
+}
+
+
+class MediaError(RuntimeError):
+    """A file that cannot be decoded into aligned audio + frames; ``reason`` is a key of ``REASONS``."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str = ""):
+        self.path, self.reason, self.detail = str(path), reason, detail
+        super().__init__(f"{path}: {REASONS.get(reason, reason)}" + (f" ({detail})" if detail else ""))
+
+
+@dataclass
+class Decoded:
+    """Aligned audio and frames of (a segment of) one media file.
+
+    audio:  float32[N] mono at ``sample_rate`` Hz; sample j is at time ``start + j / sample_rate``
+    frames: uint8[T, size, size, 3] RGB; frame i is the picture displayed at ``start + i / fps``
+            (T = 0 for audio-only input)
+    start:  seconds from the container start of sample 0 / frame 0
+    duration: seconds covered (N = round(duration * sample_rate), T = ceil(duration * fps))
+    """
+
+    audio: np.ndarray
+    frames: np.ndarray
+    sample_rate: int
+    fps: float
+    start: float
+    duration: float
+    info: dict = field(default_factory=dict)
+
+
+def _open(path: Path):
+    """Open a container or raise :class:`MediaError` with the reason it cannot be read."""
+    import av
+
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise MediaError(path, "unreadable", str(e)) from None
+    if not path.is_file():
+        raise MediaError(path, "unreadable", "not a regular file")
+    if size == 0:
+        raise MediaError(path, "empty")
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except PermissionError as e:
+        raise MediaError(path, "unreadable", str(e)) from None
+    except Exception as e:  # av.error.InvalidDataError and friends
+        with open(path, "rb") as f:
+            head = f.read(512)
+        if head.startswith(b"version https://git-lfs"):
+            raise MediaError(path, "not-media", "Git LFS pointer file; run `git lfs pull`") from None
+        if _looks_like_text(head):
+            raise MediaError(path, "not-media", "text file") from None
+        raise MediaError(path, "corrupt", f"{type(e).__name__}: {e}") from None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\r\n\t" for c in text)
+
+
+def _scaled_size(width: int, height: int, sar: Fraction | None, size: int) -> tuple[int, int]:
+    """Output (w, h) so that the displayed picture's short side is ``size`` (sample aspect applied)."""
+    disp_w = width * float(sar) if sar else float(width)
+    short = min(disp_w, height)
+    return max(size, int(round(disp_w * size / short))), max(size, int(round(height * size / short)))
+
+
+class _FrameSampler:
+    """Picks, for each output time ``t_i = t0 + i / fps``, the frame displayed at ``t_i``.
+
+    A source frame with time ``s`` is displayed on ``[s, next frame's time)`` (a next frame less
+    than 1 ms after ``t_i`` counts as displayed, absorbing timestamp rounding); output times before
+    the first frame get the first frame. Only picked frames go through the scaler.
+    """
+
+    def __init__(self, t0: float, fps: float, size: int, sar: Fraction | None):
+        self.t0, self.fps, self.size, self.sar = t0, fps, size, sar
+        self.limit: int | None = None  # number of output frames, once known
+        self.out: list[np.ndarray] = []
+        self.prev = None  # (time, frame)
+        self.last_end = -math.inf  # end of the latest frame's display (time + duration)
+
+    def _convert(self, frame) -> np.ndarray:
+        w, h = _scaled_size(frame.width, frame.height, self.sar, self.size)
+        img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        y0, x0 = (h - self.size) // 2, (w - self.size) // 2
+        img = img[y0 : y0 + self.size, x0 : x0 + self.size]
+        # Display matrix: the picture is shown rotated counter-clockwise by ``rotation`` degrees.
+        turns = int(round((frame.rotation or 0) / 90.0)) % 4
+        return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
+
+    def _emit_until(self, t_next: float) -> None:
+        """Emit the previous frame for every pending output time before ``t_next``."""
+        img = None
+        while self.prev is not None and (self.limit is None or len(self.out) < self.limit):
+            t = self.t0 + len(self.out) / self.fps
+            if t + 1e-3 >= t_next:
+                break
+            if img is None:
+                img = self._convert(self.prev[1])
+            self.out.append(img)
+
+    def push(self, frame) -> None:
+        self._emit_until(frame.time)
+        self.prev = (frame.time, frame)
+        dur = float(frame.duration * frame.time_base) if frame.duration else 0.0
+        self.last_end = max(self.last_end, frame.time + dur)
+
+    @property
+    def done(self) -> bool:
+        return self.limit is not None and len(self.out) >= self.limit
+
+    def finish(self, count: int) -> np.ndarray:
+        """Output frames ``uint8[count, size, size, 3]`` (the last frame holds to the end)."""
+        self.limit = count
+        self._emit_until(math.inf)
+        if len(self.out) < count:
+            raise RuntimeError(f"frame sampler produced {len(self.out)} of {count} frames")
+        if not self.out:
+            return np.zeros((0, self.size, self.size, 3), np.uint8)
+        return np.stack(self.out[:count])
+
+
+def frame_count(seconds: float, fps: float) -> int:
+    """Frames at ``i / fps`` inside ``[0, seconds)``."""
+    return max(0, int(math.ceil(seconds * fps - 1e-6)))
+
+
+def decode_video(
+    path: str | Path,
+    sample_rate: int = 16000,
+    fps: float = 10.0,
+    size: int = 64,
+    start: float = 0.0,
+    duration: float | None = None,
+    *,
+    audio_only: bool = False,
+    threads: int = 0,
+) -> Decoded:
+    """Decode aligned mono audio and low-resolution square frames from a media file.
+
+    ``start``/``duration`` (seconds from the container start) select a segment; by default the
+    whole file. The covered duration is where audio and video overlap (the shorter stream wins),
+    clipped to the requested segment. A file without a video stream raises
+    ``MediaError(reason="audio-only")`` unless ``audio_only=True`` (then ``frames`` has T = 0).
+    ``threads``: FFmpeg video decoder threads (0 = one per core; use 1 inside worker pools).
+    Raises :class:`MediaError` with a reason from ``REASONS`` for anything that cannot be ingested.
+    """
+    import av
+
+    path = Path(path)
+    container = _open(path)
+    with container:
+        if not container.streams.audio:
+            raise MediaError(path, "no-audio")
+        astream = container.streams.audio[0]
+        vstream = next((s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic), None)
+        if vstream is None and not audio_only:
+            raise MediaError(path, "audio-only")
+        t_origin = container.start_time / 1e6 if container.start_time is not None else 0.0
+        rate = astream.codec_context.sample_rate or astream.rate
+        seg_begin = t_origin + start
+        seg_end = seg_begin + duration if duration is not None else math.inf
+        sampler = None
+        if vstream is not None:
+            vstream.codec_context.thread_count = threads
+            vstream.codec_context.thread_type = "AUTO" if threads != 1 else "SLICE"
+            sampler = _FrameSampler(seg_begin, fps, size, vstream.sample_aspect_ratio)
+            if duration is not None:
+                sampler.limit = frame_count(duration, fps)
+        if start > 5.0:  # jump near the segment instead of decoding everything before it
+            container.seek(int((seg_begin - 2.0) * 1e6), backward=True, any_frame=False)
+        chunks: list[tuple[float | None, np.ndarray]] = []
+        audio_end, errors = -math.inf, 0
+        try:
+            for packet in container.demux([astream] + ([vstream] if vstream is not None else [])):
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError as e:
+                    errors += 1
+                    log.debug("%s: skipping undecodable packet (%s)", path, e)
+                    continue
+                for frame in frames:
+                    if frame.time is None:
+                        continue
+                    if packet.stream is astream:
+                        x = frame_to_mono(frame)
+                        audio_end = max(audio_end, frame.time + len(x) / frame.sample_rate)
+                        if audio_end > seg_begin - 0.1 and frame.time < seg_end + 0.1:
+                            chunks.append((frame.time, x))
+                    else:
+                        sampler.push(frame)
+                if audio_end >= seg_end and (sampler is None or sampler.done):
+                    break
+        except av.error.FFmpegError as e:
+            errors += 1
+            log.debug("%s: demuxing stopped early (%s)", path, e)
+        a_declared = stream_end_time(astream)
+        v_declared = stream_end_time(vstream) if vstream is not None else None
+        fallback_rate = float(vstream.average_rate or vstream.guessed_rate or 25) if vstream is not None else None
+    if not chunks:
+        raise MediaError(path, "corrupt", "no audio could be decoded")
+    # A stream whose decoding stops well before its declared end is a truncated file.
+    video_end = math.inf
+    if sampler is not None:
+        if sampler.prev is None:
+            raise MediaError(path, "corrupt", "no video frame could be decoded")
+        video_end = max(sampler.last_end, sampler.prev[0] + 1.0 / fallback_rate)
+    for name, got, declared in (("audio", audio_end, a_declared), ("video", video_end, v_declared)):
+        if declared is not None and got < min(declared, seg_end) - 1.0:
+            raise MediaError(path, "corrupt", f"{name} stops at {got - t_origin:.2f} s of {declared - t_origin:.2f} s")
+    if a_declared is not None:
+        audio_end = min(audio_end, a_declared)
+    length = max(0.0, min(audio_end, video_end, seg_end) - seg_begin)
+    audio = resample(place_on_timeline(chunks, rate, seg_begin, seg_begin + length), int(rate), sample_rate)
+    n = int(round(length * sample_rate))
+    audio = np.pad(audio, (0, max(0, n - len(audio))))[:n]
+    count = frame_count(length, fps)
+    frames = sampler.finish(count) if sampler is not None else np.zeros((0, size, size, 3), np.uint8)
+    info = {"source_sample_rate": int(rate), "decode_errors": errors}
+    return Decoded(audio, frames, sample_rate, fps, start, length, info)
+
 
 # Audio codec -> (PyAV sample format, frame size or None for any)
 _AUDIO_CODECS = {
@@ -70,7 +325,7 @@ def encode_audio(path: str | Path, audio: np.ndarray, sample_rate: int, codec: s
 
 
 def encode_video(
-    path: str | Path,
+    path: str | Path | BinaryIO,
     frames: np.ndarray,
     fps: float,
     audio: np.ndarray | None = None,
@@ -78,26 +333,36 @@ def encode_video(
     vcodec: str = "libx264",
     acodec: str = "aac",
     frame_times: np.ndarray | None = None,
-) -> Path:
+    container_format: str | None = None,
+    deterministic: bool = False,
+) -> Path | BinaryIO:
     """Write ``uint8[T, H, W, 3]`` frames (and optional mono float32 audio) to a video file.
 
     ``frame_times`` (seconds, increasing) gives each frame its own timestamp, for variable
     frame rate; otherwise frame i is shown at ``i / fps``. H and W must be even for yuv420p codecs.
+    ``path`` may be a writable binary file object (then ``container_format`` is required, e.g.
+    ``"mp4"``). ``deterministic=True`` encodes single-threaded with bit-exact flags, so the same
+    frames give the same bytes.
     """
     import av
 
     frames = np.asarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8[T, H, W, 3], got {frames.shape}")
-    path = Path(path)
+    is_file = isinstance(path, (str, Path))
+    target = str(path) if is_file else path
     time_base = Fraction(1, 1000) if frame_times is not None else Fraction(1, int(round(fps)))
-    with av.open(str(path), "w") as container:
+    options = {"fflags": "+bitexact"} if deterministic else {}
+    with av.open(target, "w", format=container_format, options=options) as container:
         vstream = container.add_stream(vcodec, rate=Fraction(fps).limit_denominator(1000))
         vstream.width, vstream.height = frames.shape[2], frames.shape[1]
         vstream.pix_fmt = "yuv420p"
         vstream.time_base = time_base
         if vcodec == "libx264":
             vstream.options = {"preset": "ultrafast", "crf": "18"}
+        if deterministic:
+            vstream.codec_context.thread_count = 1
+            vstream.codec_context.flags |= av.codec.context.Flags.bitexact
         astream = container.add_stream(acodec, rate=sample_rate, layout="mono") if audio is not None else None
         for i, img in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
@@ -110,4 +375,4 @@ def encode_video(
             container.mux(packet)
         if astream is not None:
             _encode_audio_stream(container, astream, audio, sample_rate)
-    return path
+    return Path(path) if is_file else path
