@@ -1,0 +1,115 @@
+"""Symmetric InfoNCE between view pairs, with global negatives across ranks and soft targets for mixtures.
+
+For a pair ``a-b`` (e.g. ``spec-video``) the embeddings are L2-normalised, gathered from every rank
+(with gradient, :func:`avssl.distributed.all_gather_with_grad`), and compared by cosine similarity
+divided by the temperature. The loss is the mean of the ``a -> b`` and ``b -> a`` cross-entropies.
+Targets are one-hot (the same clip) unless a mix matrix says otherwise (see :class:`ContrastiveLoss`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LossConfig
+from .distributed import all_gather_with_grad, get_rank, get_world_size
+
+AUDIO_VIEWS = ("spec", "wave")
+VIEWS = ("spec", "wave", "video")
+MAX_LOGIT_SCALE = 100.0  # a learnable temperature never drops below 0.01
+
+
+def parse_pair(pair: str) -> tuple[str, str]:
+    """``"spec-video"`` -> ``("spec", "video")``; raises naming the pair when malformed."""
+    parts = pair.split("-")
+    if len(parts) != 2 or parts[0] == parts[1] or not set(parts) <= set(VIEWS):
+        raise ValueError(f"loss pair {pair!r} must be two different views joined by '-', views: {', '.join(VIEWS)}")
+    return parts[0], parts[1]
+
+
+def _row_normalise(m: torch.Tensor) -> torch.Tensor:
+    return m / m.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+class ContrastiveLoss(nn.Module):
+    """InfoNCE over ``cfg.pairs`` with ``cfg.weights`` (default 1), temperature ``cfg.temperature``
+    (learnable as ``log(1 / temperature)`` when ``cfg.learn_temperature``), global negatives across
+    ranks, and ``cfg.local_loss`` (each rank scores only its own rows against all columns).
+
+    ``forward(emb, mix)``: ``emb`` maps views to ``[B, D]`` (not necessarily normalised; pairs with
+    a missing view are skipped). ``mix`` (``[B, B]``, from :func:`avssl.augment.mix`) is the
+    audio -> video correspondence: row ``i`` is the distribution over the batch's video clips that
+    clip ``i``'s audio is a positive for. Audio -> video targets are its rows, video -> audio
+    targets the rows of its row-normalised transpose; audio <-> audio pairs (both from the same
+    waveform) always use one-hot targets. Returns ``{"nce/a-b": weight * loss}`` (scalars) whose sum
+    is the objective. In the global mode every rank computes the same global loss; with
+    ``local_loss`` the mean of the ranks' losses is the global loss.
+    """
+
+    def __init__(self, cfg: LossConfig | None = None):
+        super().__init__()
+        cfg = cfg or LossConfig()
+        self.pairs = [parse_pair(p) for p in cfg.pairs]
+        if not self.pairs:
+            raise ValueError("loss.pairs is empty; give at least one pair such as 'spec-video'")
+        unknown = set(cfg.weights) - set(cfg.pairs)
+        if unknown:
+            raise ValueError(f"loss.weights names pairs not in loss.pairs: {sorted(unknown)}; pairs: {cfg.pairs}")
+        self.weights = {p: float(cfg.weights.get(p, 1.0)) for p in cfg.pairs}
+        if cfg.temperature <= 0:
+            raise ValueError(f"loss.temperature must be > 0, got {cfg.temperature}")
+        init = torch.tensor(math.log(1.0 / cfg.temperature))
+        if cfg.learn_temperature:
+            self.log_scale = nn.Parameter(init)
+        else:
+            self.register_buffer("log_scale", init)
+        self.local_loss = cfg.local_loss
+
+    @property
+    def temperature(self) -> float:
+        return 1.0 / float(self.logit_scale().detach())
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def forward(self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        present = [(a, b) for a, b in self.pairs if a in emb and b in emb]
+        if not present:
+            raise ValueError(f"no loss pair has both views among the embeddings {sorted(emb)}; pairs: {self.pairs}")
+        device = next(iter(emb.values())).device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return self._losses(emb, mix, present)
+
+    def _losses(self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        batch = next(iter(emb.values())).shape[0]
+        rank, world = get_rank(), get_world_size()
+        corr = None
+        if mix is not None:
+            if mix.shape != (batch, batch):
+                raise ValueError(f"mix matrix must be [{batch}, {batch}] for a batch of {batch}, got {tuple(mix.shape)}")
+            blocks = all_gather_with_grad(mix.detach().float()).split(batch)
+            corr = torch.block_diag(*blocks)  # [G, G]: mixing stays within each rank's batch
+        rows = slice(rank * batch, (rank + 1) * batch) if self.local_loss else slice(None)
+        labels = torch.arange(batch * world, device=next(iter(emb.values())).device)[rows]
+        scale = self.logit_scale()
+        # a deterministic order: every rank must issue the same collectives in the same order
+        z = {v: F.normalize(emb[v].float(), dim=-1) for v in dict.fromkeys(v for p in pairs for v in p)}
+        gathered = {v: all_gather_with_grad(x) for v, x in z.items()}
+        out = {}
+        for a, b in pairs:
+            if self.local_loss:
+                logits_ab = scale * z[a] @ gathered[b].T  # [B, G]
+                logits_ba = scale * z[b] @ gathered[a].T
+            else:
+                logits_ab = scale * gathered[a] @ gathered[b].T  # [G, G]
+                logits_ba = logits_ab.T
+            targets_ab = targets_ba = labels
+            if corr is not None and (a in AUDIO_VIEWS) != (b in AUDIO_VIEWS):
+                c = corr if a in AUDIO_VIEWS else corr.T
+                targets_ab, targets_ba = _row_normalise(c)[rows], _row_normalise(c.T)[rows]
+            loss = 0.5 * (F.cross_entropy(logits_ab, targets_ab) + F.cross_entropy(logits_ba, targets_ba))
+            out[f"nce/{a}-{b}"] = self.weights[f"{a}-{b}"] * loss
+        return out

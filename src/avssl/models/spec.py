@@ -1,0 +1,123 @@
+"""Spectrogram tower: a CNN14-style 2-D CNN (or a ResNet variant) over a log-mel front-end.
+
+The front-end (:class:`avssl.audio.LogMel`) lives inside the tower, so the tower, its checkpoints
+and its ONNX exports all take raw waveforms ``float32[B, N]`` at ``audio.sample_rate``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..audio import LogMel
+from ..config import AudioConfig
+from .layers import pool_time, scale_width
+from .registry import register_model
+
+
+class ConvBlock2d(nn.Module):
+    """CNN14 block: (3x3 conv, BN, ReLU) twice, then ``pool x pool`` average pooling."""
+
+    def __init__(self, cin: int, cout: int, pool: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool, ceil_mode=True)
+        return x
+
+
+class ResBlock2d(nn.Module):
+    """ResNet basic block on log-mel: optional ``pool x pool`` average pooling, then two 3x3 convs + shortcut."""
+
+    def __init__(self, cin: int, cout: int, pool: int):
+        super().__init__()
+        self.pool = pool
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool, ceil_mode=True)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class SpecTower(nn.Module):
+    """Waveform ``float32[B, N]`` -> log-mel ``[B, 1, T, n_mels]`` -> 2-D CNN -> features.
+
+    ``channels[i]`` (scaled by ``width``) is the width of block ``i``; ``pools[i]`` the average
+    pooling (time and frequency) after it (``block="cnn14"``) or before it (``block="resnet"``).
+    ``forward_features`` averages over frequency and returns ``[B, T', feature_dim]`` with one
+    step every ``frame_hop_seconds`` (``hop_length * prod(pools) / sample_rate``; step ``i``
+    summarises roughly seconds ``[i * hop, (i + 1) * hop)``); ``forward`` pools time (mean + max).
+    """
+
+    def __init__(
+        self,
+        audio: AudioConfig | None = None,
+        channels: Sequence[int] = (8, 16, 32, 64),
+        pools: Sequence[int] = (2, 2, 2, 2),
+        width: float = 1.0,
+        block: str = "cnn14",
+    ):
+        super().__init__()
+        audio = audio or AudioConfig()
+        if len(channels) != len(pools):
+            raise ValueError(f"channels {tuple(channels)} and pools {tuple(pools)} must have the same length")
+        blocks = {"cnn14": ConvBlock2d, "resnet": ResBlock2d}
+        if block not in blocks:
+            raise ValueError(f"unknown spectrogram block {block!r}; use one of {sorted(blocks)}")
+        self.logmel = LogMel(audio)
+        self.bn0 = nn.BatchNorm2d(audio.n_mels)  # per-mel-bin normalisation, as in CNN14
+        widths = [scale_width(c, width) for c in channels]
+        stem = [nn.Conv2d(1, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        self.stem = nn.Sequential(*stem) if block == "resnet" else nn.Identity()
+        cin = widths[0] if block == "resnet" else 1
+        layers = []
+        for cout, pool in zip(widths, pools):
+            layers.append(blocks[block](cin, cout, pool))
+            cin = cout
+        self.blocks = nn.Sequential(*layers)
+        self.feature_dim: int = widths[-1]
+        self.frame_hop_seconds: float = audio.hop_length * math.prod(pools) / audio.sample_rate
+
+    def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
+        """``float32[B, N]`` waveform -> ``[B, T', feature_dim]``."""
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            mel = self.logmel(wave.float())  # [B, M, T]; the front-end always runs in float32
+        x = self.bn0(mel[..., None]).permute(0, 3, 2, 1)  # [B, 1, T, M]
+        x = self.blocks(self.stem(x))
+        return x.mean(dim=3).transpose(1, 2)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """``float32[B, N]`` waveform -> pooled ``[B, feature_dim]``."""
+        return pool_time(self.forward_features(wave))
+
+
+SPEC_PRESETS: dict[str, dict] = {
+    "tiny": dict(channels=(8, 16, 32, 64), pools=(2, 2, 2, 2)),
+    "small": dict(channels=(16, 32, 64, 128, 256), pools=(2, 2, 2, 2, 1)),
+    "paper": dict(channels=(64, 128, 256, 512, 1024, 2048), pools=(2, 2, 2, 2, 2, 1)),  # CNN14
+}
+
+for _preset, _kw in SPEC_PRESETS.items():
+    _suffix = "" if _preset == "paper" else f"-{_preset}"
+    register_model(f"cnn14{_suffix}", functools.partial(SpecTower, **_kw, block="cnn14"))
+    register_model(f"spec-resnet{_suffix}", functools.partial(SpecTower, **_kw, block="resnet"))
