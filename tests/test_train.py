@@ -1,0 +1,218 @@
+"""The pretraining loop end to end on tiny generated shards: outputs, exact resume, two ranks, errors, learning."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from avssl.checkpoint import CheckpointError, load_checkpoint
+from avssl.cli import main as cli_main
+from avssl.config import Config, ConfigError, load_config
+from avssl.data import DataError
+from avssl.models import build_model
+from avssl.train import embedding_metrics, lr_factor, pretrain
+from test_data import FPS, SIZE, SR, planted_clip, write_shards
+
+BASE = [f"audio.sample_rate={SR}", f"video.fps={FPS}", f"video.size={SIZE}", "data.crop_seconds=0.5",
+        "data.batch_size=4", "data.shuffle_buffer=8", "train.log_every=1"]
+RUN = BASE + ["train.steps=6", "train.ckpt_every=3", "data.num_workers=2"]
+LOSS_KEYS = ("loss", "nce/spec-video", "nce/wave-video", "nce/spec-wave")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # tiny models: threads only add contention (the suite runs with -n 2)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("train-shards"), [planted_clip(i) for i in range(16)], per_shard=4)
+
+
+@pytest.fixture(scope="module")
+def full_run(shards, tmp_path_factory) -> Path:
+    """6 uninterrupted steps through the CLI (2 loader workers, checkpoints at 3 and 6)."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run") / "full"
+    args = ["pretrain", "--config", "tiny", "--data", str(shards), "--out", str(out), "--no-progress"]
+    assert cli_main(args + [a for kv in RUN for a in ("--set", kv)]) == 0
+    return out
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_end_to_end_outputs(full_run):
+    cfg = load_config("tiny", RUN)
+    assert yaml.safe_load((full_run / "config.yaml").read_text()) == cfg.to_dict()
+    metrics = rows(full_run)
+    assert [r["step"] for r in metrics] == [1, 2, 3, 4, 5, 6]
+    for r in metrics:
+        assert all(math.isfinite(r[k]) for k in LOSS_KEYS)
+        assert math.isclose(r["loss"], sum(r[k] for k in LOSS_KEYS[1:]), rel_tol=1e-5)
+        assert 0 <= r["retrieval/a2v_top1"] <= 1 and 0 <= r["data_wait"] <= 1 and r["clips_per_s"] > 0
+        assert {"align/spec-video", "uniform/spec", "uniform/video", "lr", "grad_norm", "epoch"} <= set(r)
+    assert metrics[0]["lr"] < metrics[2]["lr"]  # warm-up (5 steps in the tiny preset)
+    assert [r["epoch"] for r in metrics] == [0, 0, 0, 0, 1, 1]  # 16 clips / batch 4
+    assert list((full_run / "tb").glob("events.out.tfevents.*"))
+    state = load_checkpoint(full_run / "checkpoint.pt")
+    assert state["step"] == 6 and load_checkpoint(full_run / "checkpoint-prev.pt")["step"] == 3
+    assert {"optimizer", "scheduler", "rng", "loss", "format_version"} <= set(state)
+    model = build_model(Config.from_dict(state["config"]))  # self-describing: rebuilds with no other input
+    model.load_state_dict(state["model"])
+    emb = model(torch.randn(2, SR // 2), torch.rand(2, 4, 3, SIZE, SIZE))
+    assert set(emb) == {"spec", "wave", "video"} and all(torch.isfinite(e).all() for e in emb.values())
+
+
+class _SignalAtStep(logging.Handler):
+    """Sends SIGTERM to this process when the trainer logs step ``step`` (a preemption)."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.prefix = f"step {step} "
+
+    def emit(self, record):
+        if record.getMessage().startswith(self.prefix):
+            signal.raise_signal(signal.SIGTERM)
+
+
+def test_interrupt_and_resume_equals_uninterrupted(full_run, shards, tmp_path):
+    cfg = load_config("tiny", RUN)
+    out = tmp_path / "resumed"
+    pretrain(cfg, shards, out, progress=False, max_seconds=0)  # time limit: stops after step 1
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
+    logger = logging.getLogger("avssl.train")
+    handler, level = _SignalAtStep(4), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        pretrain(cfg, shards, out, resume=True, progress=False)  # SIGTERM at step 4: saves and returns
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
+    pretrain(cfg, shards, out, resume=True, progress=False)
+    got, want = rows(out), rows(full_run)
+    assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
+    for g, w in zip(got, want):
+        for k in LOSS_KEYS + ("lr", "retrieval/a2v_top1"):
+            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["step"], k)
+    a, b = load_checkpoint(out / "checkpoint.pt")["model"], load_checkpoint(full_run / "checkpoint.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, shards: str, out: str) -> None:
+    """One torchrun-like rank: env vars, then the library entry point; saves its own final weights."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import avssl.train as train
+
+    built, losses = [], []
+    build, make_loss = train.build_model, train.PairLosses
+    train.build_model = lambda cfg: built.append(build(cfg)) or built[-1]
+    train.PairLosses = lambda cfg: losses.append(make_loss(cfg)) or losses[-1]
+    cfg = load_config("tiny", BASE + ["train.steps=3", "train.ckpt_every=2", "data.num_workers=0", "loss.learn_temperature=true"])
+    train.pretrain(cfg, shards, out, progress=False)
+    torch.save(built[0].state_dict(), Path(out) / f"rank{rank}.pt")
+    torch.save(losses[0].state_dict(), Path(out) / f"loss{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_end_with_identical_parameters(shards, tmp_path):
+    out = tmp_path / "ddp"
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(shards), str(out)), nprocs=2, join=True)
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    state = load_checkpoint(out / "checkpoint.pt")
+    init = build_model(Config.from_dict(state["config"])).state_dict()
+    assert any(not torch.equal(r0[k], init[k]) for k in r0 if r0[k].is_floating_point())  # it trained
+    for k, _ in build_model(Config.from_dict(state["config"])).named_parameters():  # BN statistics stay per rank on CPU
+        assert torch.equal(r0[k], r1[k]), k
+        assert torch.equal(r0[k], state["model"][k]), k
+    t0, t1 = torch.load(out / "loss0.pt"), torch.load(out / "loss1.pt")  # the learnable temperature, outside DDP
+    assert torch.equal(t0["losses.cross.log_scale"], t1["losses.cross.log_scale"])
+    assert not torch.equal(t0["losses.cross.log_scale"], torch.tensor(math.log(10.0)))
+    assert state["step"] == 3 and len(state["rng"]) == 2  # every rank's generator, for an exact resume
+    assert [r["step"] for r in rows(out)] == [1, 2, 3]
+
+
+def test_bad_config_missing_data_and_mismatch_fail_clearly(shards, tmp_path):
+    args = ["pretrain", "--config", "tiny", "--data", str(shards), "--out", str(tmp_path / "o")]
+    with pytest.raises(ConfigError, match="unknown config key 'train.stepz'"):
+        cli_main(args + ["--set", "train.stepz=3"])
+    with pytest.raises(ConfigError, match="'spec-video' uses 'video', which is not in model.views"):
+        pretrain(load_config("tiny", BASE + ["model.views=[spec, wave]"]), shards, tmp_path / "o")
+    with pytest.raises(DataError, match="no such shard folder"):
+        pretrain(load_config("tiny", BASE), tmp_path / "missing", tmp_path / "o")
+    with pytest.raises(DataError, match="video.fps"):
+        pretrain(load_config("tiny", BASE[:1] + BASE[2:] + ["video.fps=10"]), shards, tmp_path / "o")
+    assert not (tmp_path / "o" / "checkpoint.pt").exists()
+
+
+def test_corrupt_checkpoint_is_reported_and_previous_kept(full_run, shards, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(full_run, out)
+    with pytest.raises(CheckpointError, match="already holds"):  # never overwrite a run by accident
+        pretrain(load_config("tiny", RUN), shards, out, progress=False)
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt.*checkpoint-prev.pt"):
+        pretrain(load_config("tiny", RUN), shards, out, resume=True, progress=False)
+    assert load_checkpoint(out / "checkpoint-prev.pt")["step"] == 3
+
+
+def test_ablations_audio_only_two_crop_mixing_lars(shards, tmp_path):
+    """Audio-only multi-format (spec-wave) plus two-crop (spec-spec), with mixup, under LARS."""
+    cfg = load_config("tiny", BASE + ["train.steps=2", "model.views=[spec, wave]", "loss.pairs=[spec-wave, spec-spec]",
+                                      "augment.mix=mixup", "optim.name=lars", "optim.lr=0.1", "data.num_workers=0"])
+    path = pretrain(cfg, shards, tmp_path / "cola", progress=False)
+    metrics = rows(tmp_path / "cola")
+    assert {"nce/spec-wave", "nce/spec-spec", "align/spec-spec2", "uniform/wave"} <= set(metrics[-1])
+    assert "retrieval/a2v_top1" not in metrics[-1]
+    assert all(math.isclose(r["loss"], r["nce/spec-wave"] + r["nce/spec-spec"], rel_tol=1e-5) for r in metrics)
+    assert load_checkpoint(path)["step"] == 2
+
+
+def test_loss_decreases_on_planted_data(tmp_path):
+    """Four classes with a class tone and a class colour: audio and video agree, the loss must drop."""
+    clips = [planted_clip(i, num_classes=4) for i in range(32)]
+    folder = write_shards(tmp_path / "planted", clips, per_shard=8)
+    cfg = load_config("tiny", BASE + ["train.steps=16", "model.views=[spec, video]", "loss.pairs=[spec-video]",
+                                      "augment.mix=none", "data.batch_size=8", "data.num_workers=0",
+                                      "optim.lr=0.003", "optim.warmup_steps=3"])
+    pretrain(cfg, folder, tmp_path / "run", progress=False)
+    losses = [r["loss"] for r in rows(tmp_path / "run")]
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 0.3, losses
+
+
+def test_lr_schedule_and_embedding_metrics():
+    f = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(20)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0] and f[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[4:], f[5:])) and f[-1] > 0.1
+    assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
+    z = torch.nn.functional.one_hot(torch.arange(4), 8).float()
+    m = embedding_metrics({"spec": z, "video": 3 * z})  # same directions: perfect retrieval, zero distance
+    assert m["retrieval/a2v_top1"] == 1 and m["align/spec-video"] == pytest.approx(0)
+    assert m["uniform/spec"] == pytest.approx(-4.0)  # orthonormal: every squared distance is 2
+    m = embedding_metrics({"spec": z, "video": z.roll(1, dims=0)})
+    assert m["retrieval/a2v_top1"] == 0
