@@ -188,3 +188,40 @@ def test_cli_exit_codes(corpus, tmp_path):
     assert cli_main(args + [str(corpus / "d.mp4"), str(corpus / "empty.mp4"), "--out", str(tmp_path / "y")]) == 0
     assert read_manifest(tmp_path / "y")["total_samples"] == 1
     assert (tmp_path / "y" / "config.yaml").is_file()
+
+
+def _declared_duration(path):
+    """Independent reference: the container's own stream durations (the shorter stream wins)."""
+    import av
+
+    with av.open(str(path)) as c:
+        ends = [float((s.start_time or 0) * s.time_base + s.duration * s.time_base)
+                for s in (c.streams.audio[0], c.streams.video[0]) if s.duration is not None]
+        return min(ends) if ends else c.duration / 1e6
+
+
+@pytest.mark.shared_data
+def test_real_videos(shared_data, tmp_path_factory):
+    import csv
+
+    out = tmp_path_factory.mktemp("real")
+    cfg = load_config(None, ["video.size=16", "ingest.clip_seconds=40", "ingest.min_seconds=0.5",
+                             "ingest.frame_format=raw", "ingest.samples_per_shard=16"])
+    manifest = ingest([shared_data / "videos", shared_data / "videos_no_audio"], out, cfg, workers=2, progress=False)
+    rows = list(csv.DictReader(open(shared_data / "videos" / "videos.csv")))
+    assert len(rows) == 39 and manifest["total_samples"] == 39 and manifest["ingested_inputs"] == 39
+    assert {(e["path"].split("/")[-1], e["reason"]) for e in manifest["skipped"]} == {
+        ("birthday.mp4", "no-audio"), ("silence_girl.mp4", "no-audio")}
+    _, clips = _read_all(out)
+    by_source = {c.meta["source"].split("videos/", 1)[1]: c for c in clips}
+    assert sorted(by_source) == sorted(r["path"] for r in rows)
+    for row in rows:
+        clip = by_source[row["path"]]
+        want = _declared_duration(shared_data / "videos" / row["path"])
+        assert clip.meta["duration"] == pytest.approx(want, abs=0.05), row["path"]
+        # videos.csv counts the undecoded AAC end padding (<= one 1024-sample frame) and the longer stream
+        assert -0.01 < float(row["duration_s"]) - clip.meta["duration"] < 0.13, row["path"]
+        assert len(clip.audio) == round(clip.meta["duration"] * RATE)
+        assert len(clip.frames) == int(np.ceil(clip.meta["duration"] * FPS - 1e-6))
+        assert clip.frames.shape[1:] == (16, 16, 3) and clip.frames.std() > 1  # real pictures, not blank
+        assert np.abs(clip.audio).max() > 0.01

@@ -212,7 +212,7 @@ def decode_video(
         if start > 5.0:  # jump near the segment instead of decoding everything before it
             container.seek(int((seg_begin - 2.0) * 1e6), backward=True, any_frame=False)
         chunks: list[tuple[float | None, np.ndarray]] = []
-        audio_end, errors = -math.inf, 0
+        audio_end, errors, covered = -math.inf, 0, False
         try:
             for packet in container.demux([astream] + ([vstream] if vstream is not None else [])):
                 try:
@@ -232,6 +232,7 @@ def decode_video(
                     else:
                         sampler.push(frame)
                 if audio_end >= seg_end and (sampler is None or sampler.done):
+                    covered = True  # the whole segment is decoded; stop reading
                     break
         except av.error.FFmpegError as e:
             errors += 1
@@ -243,16 +244,18 @@ def decode_video(
         raise MediaError(path, "corrupt", "no audio could be decoded")
     # A stream whose decoding stops well before its declared end is a truncated file.
     video_end = math.inf
-    if sampler is not None:
+    if sampler is not None and not covered:
         if sampler.prev is None:
             raise MediaError(path, "corrupt", "no video frame could be decoded")
-        video_end = max(sampler.last_end, sampler.prev[0] + 1.0 / fallback_rate)
+        video_end = sampler.last_end  # last frame's time + duration; without a duration, the nominal rate
+        if video_end <= sampler.prev[0]:
+            video_end = sampler.prev[0] + 1.0 / fallback_rate
     for name, got, declared in (("audio", audio_end, a_declared), ("video", video_end, v_declared)):
-        if declared is not None and got < min(declared, seg_end) - 1.0:
+        if declared is not None and not covered and got < min(declared, seg_end) - 1.0:
             raise MediaError(path, "corrupt", f"{name} stops at {got - t_origin:.2f} s of {declared - t_origin:.2f} s")
     if a_declared is not None:
         audio_end = min(audio_end, a_declared)
-    length = max(0.0, min(audio_end, video_end, seg_end) - seg_begin)
+    length = duration if covered else max(0.0, min(audio_end, video_end, seg_end) - seg_begin)
     audio = resample(place_on_timeline(chunks, rate, seg_begin, seg_begin + length), int(rate), sample_rate)
     n = int(round(length * sample_rate))
     audio = np.pad(audio, (0, max(0, n - len(audio))))[:n]
@@ -274,16 +277,18 @@ _AUDIO_CODECS = {
 }
 
 
-def _encode_audio_stream(container, stream, audio: np.ndarray, sample_rate: int) -> None:
-    """Feed mono float32 audio to an opened audio ``stream`` in codec-sized frames and flush."""
+def _encode_audio_stream(container, stream, audio: np.ndarray, sample_rate: int, start: int = 0) -> None:
+    """Feed mono float32 audio to an opened audio ``stream`` in codec-sized frames and flush.
+
+    ``start``: timestamp of the first sample, in samples (a stream that starts later than 0)."""
     import av
 
     fmt, frame_size = _AUDIO_CODECS.get(stream.codec_context.name, ("fltp", None))
     frame_size = stream.codec_context.frame_size or frame_size or 1024
     audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-    pts = 0
-    for start in range(0, len(audio), frame_size):
-        chunk = audio[start : start + frame_size]
+    pts = start
+    for first in range(0, len(audio), frame_size):
+        chunk = audio[first : first + frame_size]
         if fmt == "s16":
             data = (chunk * 32767).astype(np.int16)[None, :]
         else:
@@ -335,6 +340,8 @@ def encode_video(
     frame_times: np.ndarray | None = None,
     container_format: str | None = None,
     deterministic: bool = False,
+    audio_start: float = 0.0,
+    rotation: int = 0,
 ) -> Path | BinaryIO:
     """Write ``uint8[T, H, W, 3]`` frames (and optional mono float32 audio) to a video file.
 
@@ -342,7 +349,8 @@ def encode_video(
     frame rate; otherwise frame i is shown at ``i / fps``. H and W must be even for yuv420p codecs.
     ``path`` may be a writable binary file object (then ``container_format`` is required, e.g.
     ``"mp4"``). ``deterministic=True`` encodes single-threaded with bit-exact flags, so the same
-    frames give the same bytes.
+    frames give the same bytes. ``audio_start`` delays the audio stream's first timestamp (seconds);
+    ``rotation`` stores display-matrix metadata (degrees counter-clockwise, like phone videos).
     """
     import av
 
@@ -360,6 +368,8 @@ def encode_video(
         vstream.time_base = time_base
         if vcodec == "libx264":
             vstream.options = {"preset": "ultrafast", "crf": "18"}
+        if rotation:
+            vstream.set_display_rotation(rotation)
         if deterministic:
             vstream.codec_context.thread_count = 1
             vstream.codec_context.flags |= av.codec.context.Flags.bitexact
@@ -374,5 +384,5 @@ def encode_video(
         for packet in vstream.encode(None):
             container.mux(packet)
         if astream is not None:
-            _encode_audio_stream(container, astream, audio, sample_rate)
+            _encode_audio_stream(container, astream, audio, sample_rate, int(round(audio_start * sample_rate)))
     return Path(path) if is_file else path
