@@ -24,13 +24,16 @@ Everything is a function of the seed (per-clip generators from ``numpy.random.Se
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
+import functools
 import json
 import logging
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -386,18 +389,49 @@ def render_audio(spec: ClassSpec, p: ClipParams, seconds: float, sample_rate: in
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
 
-class _Bank:
-    """Sound-bank recordings decoded once at the world's sample rate, peak-normalised."""
+@functools.lru_cache(maxsize=64)
+def _bank_recording(path: str, sample_rate: int) -> np.ndarray:
+    """A sound-bank recording at the world's rate, from its first loud sample, peak-normalised (cached per process)."""
+    audio = load_audio(path, sample_rate)
+    onset = int(np.argmax(np.abs(audio) > 0.05 * np.abs(audio).max())) if audio.size else 0
+    return _peak(audio[onset:])
 
-    def __init__(self, root: Path, sample_rate: int):
-        self.root, self.sample_rate, self.cache = root, sample_rate, {}
 
-    def __call__(self, rel: str) -> np.ndarray:
-        if rel not in self.cache:
-            audio = load_audio(self.root / rel, self.sample_rate)
-            onset = int(np.argmax(np.abs(audio) > 0.05 * np.abs(audio).max())) if audio.size else 0
-            self.cache[rel] = _peak(audio[onset:])
-        return self.cache[rel]
+@dataclass
+class _ClipJob:
+    out_dir: Path
+    spec: ClassSpec
+    class_index: int
+    index: int
+    split: str
+    seed: int
+    seconds: float
+    size: int
+    fps: float
+    sample_rate: int
+    sound_bank: str | None
+
+
+def _make_clip(job: _ClipJob) -> dict[str, Any]:
+    """Render and encode one clip (its own generator from ``(seed, class, index)``); its labels.csv row."""
+    spec, k = job.spec, job.class_index
+    rng = np.random.default_rng([job.seed, k, job.index])
+    p = sample_clip_params(rng, job.seconds, spec)
+    frames = render_frames(spec, p, job.seconds, job.fps, job.size, rng)
+    bank = None if job.sound_bank is None else (lambda rel: _bank_recording(str(Path(job.sound_bank) / rel), job.sample_rate))
+    audio = render_audio(spec, p, job.seconds, job.sample_rate, rng, bank)
+    clip_id = f"s{job.seed}-{k:02d}-{job.index:04d}"
+    rel = Path(job.split) / spec.label / f"{clip_id}.mp4"
+    (job.out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+    encode_video(job.out_dir / rel, frames, job.fps, audio=audio, sample_rate=job.sample_rate)
+    return {
+        "path": rel.as_posix(), "label": spec.label, "split": job.split, "clip_id": clip_id, "class_index": k,
+        "shape": spec.shape, "colour": spec.colour, "texture": spec.texture, "timbre": spec.timbre,
+        "pitch_hz": round(p.pitch_hz, 3), "loudness_db": round(p.loudness_db, 3), "tempo_hz": round(p.tempo_hz, 4),
+        "num_onsets": len(p.onsets), "x": round(p.x, 4), "y": round(p.y, 4), "scale": round(p.scale, 4),
+        "noise_db": round(p.noise_db, 3), "noise_tilt": round(p.noise_tilt, 4), "distractors": p.distractors,
+        "source": p.source, "onsets": ";".join(f"{t:.4f}" for t in p.onsets),
+    }
 
 
 LABEL_COLUMNS = ["path", "label", "split", "clip_id", "class_index", "shape", "colour", "texture", "timbre",
@@ -417,6 +451,7 @@ def generate_world(
     size: int = 64,
     fps: float = 10.0,
     sample_rate: int = 16000,
+    workers: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Write the synthetic world (mp4 files with AAC audio, ``labels.csv``, ``world.json``); returns ``out_dir``.
@@ -425,7 +460,8 @@ def generate_world(
     ``test_fraction`` of the clips go to the ``test`` split. Frames are ``size`` x ``size`` pixels at
     ``fps``; audio is mono at ``sample_rate`` Hz. ``sound_bank``: a folder with one subfolder of
     recordings per class (the first K sorted folders become the classes; each clip repeats one
-    recording, whose note name is its pitch). Same arguments -> same decoded content.
+    recording, whose note name is its pitch). ``workers`` processes render and encode clips (default:
+one per CPU); the output does not depend on it. Same arguments -> same decoded content.
     """
     out_dir = Path(out_dir)
     if size % 2 or size < 16:
@@ -435,31 +471,19 @@ def generate_world(
     if seconds < 0.5:
         raise ValueError(f"seconds must be >= 0.5, got {seconds}")
     classes = class_table(num_classes, sound_bank)
-    bank = _Bank(Path(sound_bank), sample_rate) if sound_bank is not None else None
     n_test = max(1, int(round(clips_per_class * test_fraction)))
-    rows = []
     test_ids = [set(np.random.default_rng([seed, k, 1 << 20]).permutation(clips_per_class)[:n_test].tolist())
                 for k in range(num_classes)]
-    jobs = [(k, j) for k in range(num_classes) for j in range(clips_per_class)]
-    for k, j in tqdm(jobs, desc="synthetic world", unit="clip", disable=not progress):
-        spec = classes[k]
-        rng = np.random.default_rng([seed, k, j])
-        split = "test" if j in test_ids[k] else "train"
-        p = sample_clip_params(rng, seconds, spec)
-        frames = render_frames(spec, p, seconds, fps, size, rng)
-        audio = render_audio(spec, p, seconds, sample_rate, rng, bank)
-        clip_id = f"s{seed}-{k:02d}-{j:04d}"
-        rel = Path(split) / spec.label / f"{clip_id}.mp4"
-        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        encode_video(out_dir / rel, frames, fps, audio=audio, sample_rate=sample_rate)
-        rows.append({
-            "path": rel.as_posix(), "label": spec.label, "split": split, "clip_id": clip_id, "class_index": k,
-            "shape": spec.shape, "colour": spec.colour, "texture": spec.texture, "timbre": spec.timbre,
-            "pitch_hz": round(p.pitch_hz, 3), "loudness_db": round(p.loudness_db, 3), "tempo_hz": round(p.tempo_hz, 4),
-            "num_onsets": len(p.onsets), "x": round(p.x, 4), "y": round(p.y, 4), "scale": round(p.scale, 4),
-            "noise_db": round(p.noise_db, 3), "noise_tilt": round(p.noise_tilt, 4), "distractors": p.distractors,
-            "source": p.source, "onsets": ";".join(f"{t:.4f}" for t in p.onsets),
-        })
+    jobs = [_ClipJob(out_dir, classes[k], k, j, "test" if j in test_ids[k] else "train", seed, seconds, size, fps,
+                     sample_rate, str(sound_bank) if sound_bank is not None else None)
+            for k in range(num_classes) for j in range(clips_per_class)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    with tqdm(total=len(jobs), desc="synthetic world", unit="clip", disable=not progress) as bar:
+        if workers == 1:
+            rows = [bar.update(1) or _make_clip(job) for job in jobs]
+        else:
+            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+                rows = [bar.update(1) or row for row in pool.map(_make_clip, jobs, chunksize=4)]
     with open(out_dir / "labels.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS)
         writer.writeheader()
@@ -500,11 +524,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--sound-bank", type=Path, default=None)
+    parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     generate_world(args.out, num_classes=args.classes, clips_per_class=args.clips_per_class, seconds=args.seconds,
                    seed=args.seed, sound_bank=args.sound_bank, size=args.size, fps=args.fps,
-                   sample_rate=args.sample_rate)
+                   sample_rate=args.sample_rate, workers=args.workers)
     return 0
 
 
