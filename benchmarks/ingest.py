@@ -1,0 +1,217 @@
+"""Ingest benchmarks: frame storage formats, and ingest speed against two named baselines.
+
+    python benchmarks/ingest.py formats [--data DIR]          # bytes per clip-second, decode speed
+    python benchmarks/ingest.py speed [--data DIR] [--generated N] [--workers W]
+
+``speed`` compares, on the same cores and the same inputs:
+  ours:  ``avssl.ingest.ingest`` (decode, align, scale in swscale, encode, write tar shards)
+  (a)    the two-step FFmpeg command line of research pipelines: per video one ``ffmpeg`` call for
+         16 kHz mono wav, one for frames at the target fps and size (JPEG), then packing into tars
+  (b)    the floor: PyAV decoding the same audio and video streams and doing nothing else
+It needs an ``ffmpeg`` binary on PATH for (a) (``apt-get install -y ffmpeg``; benchmark only).
+Results are printed as a Markdown table (paste into docs/benchmarks-ingest.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from avssl.config import load_config
+from avssl.ingest import _media_files, ingest
+from avssl.shards import Clip, decode_sample, encode_sample
+from avssl.video import MediaError, decode_video, encode_video
+
+DEFAULT_DATA = Path(os.environ.get("AVSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
+
+
+def _videos(data: Path) -> list[Path]:
+    return [p for p in _media_files(data / "videos")]
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def bench_formats(data: Path, size: int, fps: float) -> None:
+    clips = []
+    for p in _videos(data):
+        d = decode_video(p, 16000, fps, size)
+        clips.append(Clip("k-0000", d.audio, 16000, d.frames, fps, {}))
+    seconds = sum(c.duration for c in clips)
+    nframes = sum(len(c.frames) for c in clips)
+    print(f"{len(clips)} real clips, {seconds:.1f} s, {nframes} frames of {size}x{size} at {fps} fps; {machine()}\n")
+    print("| frame format | frame bytes per clip-second | encode ms per clip-second | decode ms per clip-second "
+          "(frames + FLAC audio, `decode_sample`) | mean abs error (0-255) |")
+    print("|---|---:|---:|---:|---:|")
+    audio_only = [encode_sample(Clip(c.key, c.audio, 16000, c.frames[:0], fps, {})) for c in clips]
+    t0 = time.perf_counter()
+    for s in audio_only:
+        decode_sample(s)
+    audio_ms = (time.perf_counter() - t0) * 1000 / seconds
+    for fmt in ("jpeg", "raw", "h264"):
+        t0 = time.perf_counter()
+        samples = [encode_sample(c, fmt, 90) for c in clips]
+        enc = time.perf_counter() - t0
+        member = {"jpeg": "jpgs", "raw": "npy", "h264": "mp4"}[fmt]
+        nbytes = sum(len(s[member]) for s in samples)
+        t0 = time.perf_counter()
+        back = [decode_sample(s) for s in samples]
+        dec = time.perf_counter() - t0
+        err = np.mean([np.abs(b.frames.astype(np.int16) - c.frames).mean() for b, c in zip(back, clips)])
+        print(f"| {fmt} | {nbytes / seconds / 1024:.1f} KiB | {enc * 1000 / seconds:.2f} | {dec * 1000 / seconds:.2f} | {err:.2f} |")
+    flac = sum(len(s["flac"]) for s in audio_only)
+    print(f"\naudio (16-bit FLAC, 16 kHz mono): {flac / seconds / 1024:.1f} KiB per clip-second, "
+          f"decode {audio_ms:.2f} ms per clip-second (included above)")
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+def _floor_one(path: str) -> float:
+    """Baseline (b): decode every audio and video frame with PyAV, nothing else; returns seconds decoded."""
+    import av
+
+    try:
+        with av.open(path) as c:
+            streams = [s for s in (c.streams.audio[:1] + c.streams.video[:1])]
+            if c.streams.video:
+                c.streams.video[0].codec_context.thread_count = 1
+            for packet in c.demux(streams):
+                for _ in packet.decode():
+                    pass
+            return c.duration / 1e6 if c.duration else 0.0
+    except Exception:
+        return 0.0
+
+
+def _cli_one(args: tuple[str, str, int, float]) -> tuple[str, bytes] | None:
+    """Baseline (a): ffmpeg CLI twice (wav, frames as JPEG), then pack one tar sample (bytes)."""
+    path, tmp, size, fps = args
+    work = Path(tempfile.mkdtemp(dir=tmp))
+    try:
+        quiet = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-threads", "1", "-i", path]
+        r1 = subprocess.run(quiet + ["-vn", "-ac", "1", "-ar", "16000", str(work / "audio.wav")])
+        (work / "f").mkdir()
+        vf = f"fps={fps},scale={size}:{size}:force_original_aspect_ratio=increase,crop={size}:{size}"
+        r2 = subprocess.run(quiet + ["-an", "-vf", vf, "-q:v", "2", str(work / "f" / "%05d.jpg")])
+        if r1.returncode or r2.returncode:
+            return None
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            key = Path(path).stem.replace(".", "_")
+            tar.add(work / "audio.wav", f"{key}.wav")
+            for j in sorted((work / "f").iterdir()):
+                tar.add(j, f"{key}.{j.stem}.jpg")
+        return key, buf.getvalue()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _generate(folder: Path, n: int) -> list[Path]:
+    """n 10-second 640x360 30 fps H.264/AAC 44.1 kHz videos with moving content."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    yy, xx = np.mgrid[0:360, 0:640]
+    for i in range(n):
+        p = folder / f"gen{i:03d}.mp4"
+        if not p.exists():
+            frames = np.stack([np.stack([(xx + 7 * t + 30 * i) % 256, (yy + 3 * t) % 256,
+                                         np.full_like(xx, (11 * t) % 256)], -1).astype(np.uint8) for t in range(300)])
+            audio = (0.2 * rng.standard_normal(441000)).astype(np.float32)
+            encode_video(p, frames, 30, audio, 44100)
+        paths.append(p)
+    return paths
+
+
+def _media_seconds(paths: list[Path]) -> float:
+    import av
+
+    total = 0.0
+    for p in paths:
+        try:
+            with av.open(str(p)) as c:
+                total += c.duration / 1e6 if c.streams.audio else 0.0
+        except Exception:
+            pass
+    return total
+
+
+def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: float) -> list[str]:
+    cfg = load_config(None, [f"video.size={size}", f"video.fps={fps}", "ingest.clip_seconds=10"])
+    seconds = _media_seconds(paths)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with get_context("fork").Pool(workers) as pool:
+            list(pool.imap(_floor_one, [str(p) for p in paths]))
+        floor = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        m = ingest(paths, Path(tmp) / "ours", cfg, workers=workers, progress=False)
+        ours = time.perf_counter() - t0
+
+        cli = None
+        if shutil.which("ffmpeg"):
+            t0 = time.perf_counter()
+            with get_context("fork").Pool(workers) as pool:
+                packed = [r for r in pool.imap(_cli_one, [(str(p), tmp, size, fps) for p in paths]) if r]
+            with open(Path(tmp) / "cli.tar", "wb") as f:
+                for _, data in packed:
+                    f.write(data)
+            cli = time.perf_counter() - t0
+    n = len(paths)
+    for label, wall in (("avssl ingest", ours), ("(a) ffmpeg CLI x2 + packing", cli), ("(b) PyAV decode only (floor)", floor)):
+        if wall is None:
+            rows.append(f"| {name} | {label} | not run (no ffmpeg on PATH) | | |")
+            continue
+        rows.append(f"| {name} | {label} | {n / wall:.2f} | {seconds / wall:.1f}x | {wall / ours:.2f} |")
+    print(f"{name}: ingested {m['total_samples']} clips from {n} files ({seconds:.0f} s of media)", file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["formats", "speed"])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data root (has videos/)")
+    parser.add_argument("--generated", type=int, default=16, help="number of generated 10 s 360p videos")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--device", default="cpu", help="accepted for symmetry with other benchmarks; ingest is CPU work")
+    args = parser.parse_args()
+    if args.what == "formats":
+        bench_formats(args.data, args.size, args.fps)
+        return
+    print(f"{machine()}; workers={args.workers}; {args.size}x{args.size} at {args.fps} fps; "
+          f"ffmpeg: {subprocess.run(['ffmpeg', '-version'], capture_output=True, text=True).stdout.split(chr(10))[0] if shutil.which('ffmpeg') else 'absent'}\n")
+    print("| inputs | pipeline | clips (files) per second | real-time factor | time relative to avssl ingest |")
+    print("|---|---|---:|---:|---:|")
+    rows = []
+    real = _videos(args.data) if (args.data / "videos").is_dir() else []
+    if real:
+        rows += bench_speed(f"{len(real)} real clips", real, args.workers, args.size, args.fps)
+    with tempfile.TemporaryDirectory() as tmp:
+        gen = _generate(Path(tmp) / "gen", args.generated)
+        rows += bench_speed(f"{len(gen)} generated 10 s 640x360 30 fps", gen, args.workers, args.size, args.fps)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
