@@ -140,7 +140,11 @@ def _rank_main(rank: int, world: int, port: int, shards: str, out: str) -> None:
 
 def test_two_ranks_end_with_identical_parameters(shards, tmp_path):
     out = tmp_path / "ddp"
-    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(shards), str(out)), nprocs=2, join=True)
+    import torch._dynamo  # noqa: F401  (DDP imports it; once here rather than in each forked rank)
+
+    # fork: the ranks inherit the imported modules (spawn would re-import torch in each, ~10 s on 2 cores)
+    torch.multiprocessing.start_processes(_rank_main, args=(2, _free_port(), str(shards), str(out)), nprocs=2,
+                                          start_method="fork")
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     state = load_checkpoint(out / "checkpoint.pt")
     init = build_model(Config.from_dict(state["config"])).state_dict()
@@ -203,6 +207,26 @@ def test_loss_decreases_on_planted_data(tmp_path):
     losses = [r["loss"] for r in rows(tmp_path / "run")]
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < first - 0.3, losses
+
+
+def test_pretrain_on_ingested_videos(tmp_path):
+    """The real seam: generated videos -> ``avssl.ingest`` -> shards -> two training steps."""
+    import numpy as np
+
+    from avssl.ingest import ingest
+    from avssl.video import encode_video
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        t = np.arange(2 * SR) / SR
+        audio = 0.3 * np.sin(2 * np.pi * 440 * (i + 1) * t).astype(np.float32)
+        frames = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+        encode_video(tmp_path / f"v{i}.mp4", frames, FPS, audio=audio, sample_rate=SR)
+    cfg = load_config("tiny", BASE + ["train.steps=2", "data.num_workers=0", "data.batch_size=3"])
+    manifest = ingest([tmp_path], tmp_path / "shards", cfg, workers=1, progress=False)
+    assert manifest["total_samples"] == 3
+    pretrain(cfg, tmp_path / "shards", tmp_path / "run", progress=False)
+    assert [r["step"] for r in rows(tmp_path / "run")] == [1, 2]
 
 
 def test_lr_schedule_and_embedding_metrics():

@@ -362,6 +362,14 @@ class ShardStream(torch.utils.data.IterableDataset):
                 items = []
 
 
+def _worker_init(worker_id: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the trainer, which saves and then shuts them down."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class ShardLoader:
     """Endless iterator of :class:`Batch` for one rank; ``epoch_batches`` is equal on every rank.
 
@@ -376,7 +384,7 @@ class ShardLoader:
         n = stream.cfg.data.num_workers
         self.loader = torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=n, pin_memory=pin_memory,
-            persistent_workers=False, prefetch_factor=4 if n > 0 else None,
+            prefetch_factor=4 if n > 0 else None, worker_init_fn=_worker_init if n > 0 else None,
         )
 
     def __iter__(self) -> Iterator[Batch]:

@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import signal
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
@@ -239,8 +240,6 @@ def _stop_on_signals() -> Iterator[dict[str, Any]]:
         flag["signal"] = signal.Signals(signum).name
         log.warning("%s received: saving a checkpoint after this step, then exiting", flag["signal"])
 
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -312,6 +311,86 @@ def _augment_and_mix(batch: Batch, cfg: Config, generator: torch.Generator) -> t
     return replace(mixed, audio=mixed.audio[:, :n], audio2=mixed.audio[:, n:]), mix_matrix
 
 
+class Trainer:
+    """Model, loss, optimizer, schedule and augmentation generator for one rank, and one optimizer step.
+
+    ``step(batch)`` augments and mixes ``batch`` on the device, embeds every view (bf16 autocast on
+    CUDA unless ``train.precision`` says otherwise), sums the named losses, back-propagates, clips
+    the gradient norm and steps optimizer and schedule. ``model`` is the unwrapped model (what
+    checkpoints store); ``train_model`` the DDP / compiled wrapper that runs the forward pass.
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, *, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+        if cfg.train.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"train.precision={cfg.train.precision!r}; use auto, bf16 or fp32")
+        self.cfg, self.device, self.world = cfg, device, world
+        self.two_crop = plan_views(cfg)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        model = build_model(cfg).to(device)
+        if cfg.train.sync_bn and world > 1:
+            if device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                log.warning("train.sync_bn needs CUDA; BatchNorm statistics stay per rank on %s", device.type)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.loss_fn = PairLosses(cfg.loss).to(device)
+        self.params = [p for p in [*model.parameters(), *self.loss_fn.parameters()] if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, cfg)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            partial(lr_factor, warmup=cfg.optim.warmup_steps, total=cfg.train.steps, min_ratio=cfg.optim.min_lr_ratio),
+        )
+        self.generator = torch.Generator()  # on the CPU: augment draws there and moves the numbers to the device
+        self.generator.manual_seed(cfg.train.seed * 1000 + rank)
+        self.train_model: nn.Module = model
+        if world > 1:
+            ids = [local_rank] if device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+        self.autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext
+        self.train_model.train()
+
+    def step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One optimizer step on a device batch; returns ``({"loss", "nce/...", "grad_norm"}, embeddings)``."""
+        cfg = self.cfg
+        batch, mix_matrix = _augment_and_mix(batch, cfg, self.generator)
+        with self.autocast():
+            emb = _embed(self.train_model, batch, self.two_crop, "video" in cfg.model.views)
+        losses = self.loss_fn(emb, mix_matrix)
+        total = torch.stack(list(losses.values())).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.world > 1:  # the loss module (learnable temperature) is not inside DDP
+            for p in self.loss_fn.parameters():
+                if p.grad is not None:
+                    p.grad = dist.all_reduce_mean(p.grad)
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = nn.utils.clip_grad_norm_(self.params, clip)
+        self.optimizer.step()
+        self.schedule.step()
+        return {"loss": total, **losses, "grad_norm": grad_norm}, emb
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the RNG states and step (see :func:`pretrain`)."""
+        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any], rank: int) -> None:
+        self.model.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0], self.generator)
+
+
 def pretrain(
     cfg: Config,
     data: str | Path,
@@ -339,73 +418,33 @@ def pretrain(
     if state is not None:
         _warn_config_changes(state["config"], cfg)
     start = int(state["step"]) if state is not None else 0
-
     loader = make_loader(
         data, cfg, rank=rank, world_size=world, start_batch=start, audio_crops=2 if two_crop else 1,
         pin_memory=device.type == "cuda",
     )
     if state is not None and state.get("data_layout") != _data_layout(cfg, world):
         log.warning("resuming with another world size / worker count: the data order differs from an uninterrupted run")
-
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_model(cfg).to(device)
-    loss_fn = PairLosses(cfg.loss).to(device)
-    if cfg.train.sync_bn and world > 1:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            log.warning("train.sync_bn needs CUDA; BatchNorm statistics stay per rank on %s", device.type)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer([*model.parameters(), *loss_fn.parameters()], cfg)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        partial(lr_factor, warmup=cfg.optim.warmup_steps, total=cfg.train.steps, min_ratio=cfg.optim.min_lr_ratio),
-    )
-    generator = torch.Generator()  # on the CPU: augment draws there and moves the numbers to the device
-    generator.manual_seed(cfg.train.seed * 1000 + rank)
+    trainer = Trainer(cfg, device, rank=rank, world=world, local_rank=local_rank)
     if state is not None:
-        model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0], generator)
+        trainer.load_state_dict(state, rank)
         log.info("resumed from %s at step %d", out / CHECKPOINT, start)
-    train_model: nn.Module = model
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    if cfg.train.compile:
-        train_model = torch.compile(train_model)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-    if cfg.train.precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"train.precision={cfg.train.precision!r}; use auto, bf16 or fp32")
+        del state
 
     writer = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         writer = MetricsWriter(out, start)
+
     def checkpoint(step: int) -> None:
-        rngs = [_rng_state(generator)]
+        rngs = [_rng_state(trainer.generator)]
         if world > 1:  # every rank's generator, so each resumes its own stream
             rngs = [None] * world
-            torch.distributed.all_gather_object(rngs, _rng_state(generator))
+            torch.distributed.all_gather_object(rngs, _rng_state(trainer.generator))
         if main:
-            _save(out, {
-                "config": cfg.to_dict(), "model": model.state_dict(), "loss": loss_fn.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "step": step,
-                "rng": rngs, "data_layout": _data_layout(cfg, world),
-            })
+            _save(out, {**trainer.state_dict(), "step": step, "rng": rngs, "data_layout": _data_layout(cfg, world)})
         dist.barrier()
 
-    use_video = "video" in cfg.model.views
-    autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext
-    params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
-    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     sums: dict[str, torch.Tensor] = {}
     n_sum, wait, t_log, t_start = 0, 0.0, time.perf_counter(), time.perf_counter()
     step, stopped = start, None
@@ -415,32 +454,18 @@ def pretrain(
 
         bar = tqdm(total=cfg.train.steps, initial=start, desc="pretrain", unit="step", dynamic_ncols=True)
     batches = iter(loader)
-    train_model.train()
     with _stop_on_signals() as flag:
         while step < cfg.train.steps:
             t0 = time.perf_counter()
             batch = next(batches).to(device, non_blocking=True)
             wait += time.perf_counter() - t0
-            batch, mix_matrix = _augment_and_mix(batch, cfg, generator)
-            with autocast():
-                emb = _embed(train_model, batch, two_crop, use_video)
-            losses = loss_fn(emb, mix_matrix)
-            total = torch.stack(list(losses.values())).sum()
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if world > 1:  # the loss module (learnable temperature) is not inside DDP
-                for p in loss_params:
-                    if p.grad is not None:
-                        p.grad = dist.all_reduce_mean(p.grad)
-            grad_norm = nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-            optimizer.step()
-            schedule.step()
+            scalars, emb = trainer.step(batch)
             step += 1
-            for k, v in {"loss": total, **losses, "grad_norm": grad_norm}.items():
+            for k, v in scalars.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             n_sum += 1
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                row = _log_row(step, sums, n_sum, emb, optimizer, loader, world, wait, t_log)
+                row = _log_row(step, sums, n_sum, emb, trainer.optimizer, loader, world, wait, t_log)
                 sums, n_sum, wait, t_log = {}, 0, 0.0, time.perf_counter()
                 if main:
                     writer.write(row)
@@ -452,7 +477,7 @@ def pretrain(
                 bar.update(1)
             over_time = max_seconds is not None and time.perf_counter() - t_start >= max_seconds
             stop_now = float(flag["signal"] is not None or over_time)
-            if world > 1:
+            if world > 1:  # every rank stops at the same step, or the next collective hangs
                 stop_now = float(dist.all_reduce_mean(torch.tensor(stop_now, device=device)).item())
             if stop_now > 0 and step < cfg.train.steps:
                 stopped = flag["signal"] or f"time limit {max_seconds}s"
