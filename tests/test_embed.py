@@ -126,8 +126,8 @@ def test_inputs_numpy_torch_stereo_and_resampling(embedder):
     assert embedder.embed(x, sr).dtype == np.float32 and ref.shape == (2, embedder.embedding_dim)
     y = _noise(11025 * 2, seed=4)
     np.testing.assert_allclose(embedder.embed(y, 11025), embedder.embed(resample(y, 11025, sr), sr), atol=1e-6)
-    ints = (y * 32767).astype(np.int16)
-    assert embedder.embed(ints, 11025).shape == (1, embedder.embedding_dim)
+    ints = np.round(y * 32768).astype(np.int16)  # integer PCM is scaled to [-1, 1]
+    np.testing.assert_allclose(embedder.embed(ints, 11025), embedder.embed(y, 11025), atol=1e-3)
 
 
 @pytest.mark.parametrize("bad,match", [(np.zeros(0, np.float32), "empty"),

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .audio import LogMel, load_audio, resample
+from .audio import LogMel, _to_float, load_audio, resample
 from .checkpoint import load_checkpoint
 from .config import Config
 from .models import AUDIO_VIEWS, build_model
@@ -205,7 +205,7 @@ def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "fiu":
         raise ValueError(f"audio must be a numeric array, got dtype {x.dtype}")
-    return x.astype(np.float32, copy=False)
+    return _to_float(x)  # integer PCM -> [-1, 1]
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None, view: str = "spec",
@@ -315,6 +315,8 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     """
     out_dir = Path(out_dir)
     num_nodes, node_rank = _node_split(num_nodes, node_rank)
+    if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     embedder = load_model(checkpoint, device=device, view=view)
     params = {"checkpoint": str(Path(checkpoint).resolve()), "view": view, "timestamps": timestamps,
               "hop": hop if timestamps else None, "sample_rate": embedder.sample_rate,
