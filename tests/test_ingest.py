@@ -131,10 +131,14 @@ def test_resume_after_kill(corpus, ingested, tmp_path, monkeypatch):
     done = [s["name"] for s in state["shards"]]
     assert done and sorted(p.name for p in out.glob("*.tar")) == done
     monkeypatch.setattr(ingest_mod, "process_item", real)
+    # a kill inside a shard write leaves a temp file; a kill between rename and bookkeeping, an unlisted tar
+    (out / f"{len(done):06d}.tar.tmp").write_bytes(b"half a shard")
+    (out / f"{len(done) + 1:06d}.tar").write_bytes(b"not recorded as finished")
     before = {n: (out / n).stat().st_mtime_ns for n in done}
     ingest([corpus], out, _cfg(), workers=1, progress=False)
     assert {n: (out / n).stat().st_mtime_ns for n in done} == before  # finished shards kept
     assert _shard_bytes(out) == _shard_bytes(ingested)  # nothing duplicated or lost
+    assert not list(out.glob("*.tmp"))
     assert read_manifest(out) == read_manifest(ingested)
     ingest([corpus], out, _cfg(), workers=1, progress=False)  # re-run after completion: no-op
     assert _shard_bytes(out) == _shard_bytes(ingested)
