@@ -82,6 +82,8 @@ def test_long_audio_is_the_mean_over_overlapping_windows(embedder):
     ref = np.mean([_tower(embedder, x[s : s + w])[0] for s in starts], axis=0)
     np.testing.assert_allclose(embedder.embed(x, embedder.sample_rate)[0], ref, atol=1e-5)
     assert embedder._window_starts(2 * w) == [0, h, 2 * h]  # on the grid: nothing extra
+    no_overlap = Embedder(embedder.tower, embedder.cfg, overlap=0.0)
+    assert no_overlap._window_starts(n) == [0, w, 2 * w, n - w]
 
 
 def test_short_audio_is_zero_padded_to_one_window(embedder):

@@ -8,8 +8,8 @@ else is in the batch):
 * Audio is mixed to mono (channels averaged) and resampled to the model's rate.
 * The tower sees fixed windows of ``window_seconds`` (default: the training crop, ``cfg.data.crop_seconds``).
   A clip shorter than one window is **zero-padded at the end** to one window. A longer clip is cut into
-  **overlapping windows** (hop = half a window); the last window is aligned to the end of the clip, so no
-  padding is added to long audio.
+  **overlapping windows** (hop = half a window by default, see ``overlap``); the last window is aligned to
+  the end of the clip, so no padding is added to long audio.
 * Clip embedding: the mean over windows of the tower's pooled features (``tower.forward``), ``[D]``.
 * Timestamp embeddings: the tower's time-resolved features (``tower.forward_features``, frame ``i`` of a
   window centred ``(i + 0.5) * frame_hop_seconds`` after the window start) are read at times ``0, hop, 2 hop,
@@ -58,11 +58,12 @@ class Embedder(nn.Module):
     """One audio tower plus the windowing rules above. Build with :func:`load_model` or :meth:`from_model`.
 
     Attributes: ``sample_rate`` (Hz), ``embedding_dim`` (D), ``window`` and ``window_hop`` (samples),
-    ``frame_hop_seconds`` (seconds per step of the tower's time-resolved features).
+    ``frame_hop_seconds`` (seconds per step of the tower's time-resolved features). ``overlap=0`` halves the
+    work on long audio (windows then only overlap at the end); ``batch_size`` is in windows.
     """
 
     def __init__(self, tower: nn.Module, cfg: Config, view: str = "spec", window_seconds: float | None = None,
-                 batch_size: int = 32):
+                 overlap: float = 0.5, batch_size: int = 32):
         super().__init__()
         self.tower = tower.eval()
         self.cfg = cfg
@@ -73,8 +74,10 @@ class Embedder(nn.Module):
         seconds = float(window_seconds if window_seconds is not None else cfg.data.crop_seconds)
         if seconds <= 0:
             raise ValueError(f"window_seconds must be > 0, got {seconds}")
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap is the fraction of a window shared by consecutive windows, in [0, 1); got {overlap}")
         self.window = int(round(seconds * self.sample_rate))
-        self.window_hop = max(1, self.window // 2)
+        self.window_hop = max(1, int(round(self.window * (1 - overlap))))
         self.batch_size = int(batch_size)
 
     @classmethod
