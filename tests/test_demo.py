@@ -1,0 +1,102 @@
+"""``avssl demo``: retrieval metrics on a planted model, and a one-minute end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from avssl.config import load_config
+from avssl.demo import demo_configs, retrieval, run_demo, run_demo_pipeline
+from avssl.shards import Clip
+
+SR, FPS = 16000, 8.0
+
+
+class OneHot(torch.nn.Module):
+    """Audio and video of clip i both embed to one-hot(i), optionally permuting the video side."""
+
+    def __init__(self, n: int, perm: list[int] | None = None):
+        super().__init__()
+        self.n, self.perm = n, perm
+
+    def forward(self, audio, frames):
+        a = torch.nn.functional.one_hot(audio.mean(1).round().long(), self.n).float()
+        v_idx = frames.float().mean((1, 2, 3, 4)).round().long()
+        if self.perm is not None:
+            v_idx = torch.tensor(self.perm)[v_idx]
+        return {"spec": a + 0.01, "video": torch.nn.functional.one_hot(v_idx, self.n).float() + 0.01}
+
+
+def _clips(n: int) -> list[Clip]:
+    return [Clip(f"v{i}-0000", np.full(2 * SR, float(i), np.float32), SR, np.full((16, 8, 8, 3), i, np.uint8), FPS)
+            for i in range(n)]
+
+
+def test_retrieval_metrics_on_planted_embeddings():
+    cfg = load_config("tiny", {"video": {"fps": FPS}, "data": {"crop_seconds": 1.0}})
+    clips = _clips(10)
+    labels = ["a", "b"] * 5
+    res = retrieval(OneHot(10), cfg, clips, labels=labels, batch_size=4)
+    assert res["top1"] == 1.0 and res["top5"] == 1.0 and res["class_top1"] == 1.0
+    assert res["chance_top1"] == pytest.approx(0.1) and res["chance_top5"] == pytest.approx(0.5)
+    assert res["chance_class_top1"] == pytest.approx(0.5)
+    np.testing.assert_array_equal(res["ranks"], np.zeros(10))
+    # video i now looks like clip i+1 (mod 10): no query finds its own video, and every label is wrong
+    shifted = retrieval(OneHot(10, perm=[(i + 1) % 10 for i in range(10)]), cfg, clips, labels=labels)
+    assert shifted["top1"] == 0.0 and shifted["class_top1"] == 0.0
+    assert shifted["similarity"].shape == (10, 10)
+
+
+def test_demo_configs_differ_only_in_the_video():
+    cfgs = demo_configs(seed=5, clip_seconds=2.0, overrides=["data.batch_size=8"])
+    av, ao = cfgs["audio-visual"].to_dict(), cfgs["audio-only"].to_dict()
+    assert av["model"].pop("views") == ["spec", "wave", "video"] and ao["model"].pop("views") == ["spec", "wave"]
+    assert ao["loss"].pop("pairs") == ["spec-wave"] and "spec-video" in av["loss"].pop("pairs")
+    assert av == ao
+    assert av["train"]["seed"] == 5 and av["data"]["batch_size"] == 8 and av["ingest"]["clip_seconds"] == 2.0
+    assert av["data"]["crop_seconds"] <= 2.0 and av["augment"]["mix"] != "none"
+
+
+def test_one_minute_demo_writes_every_report_file(tmp_path):
+    out = tmp_path / "demo"
+    results = run_demo_pipeline(
+        out, minutes=0.5, seed=1, world={"num_classes": 3, "clips_per_class": 6, "seconds": 2.0},
+        overrides=["data.batch_size=8", "train.log_every=1"], probe_seeds=1, progress=False,
+    )
+    report = out / "report"
+    for name in ["summary.md", "results.json", "curves.png", "probe.png", "retrieval.png", "configs/world.json",
+                 "configs/audio-visual.yaml", "configs/audio-only.yaml"]:
+        assert (report / name).is_file() and (report / name).stat().st_size > 0, name
+    saved = json.loads((report / "results.json").read_text())
+    assert saved["seed"] == 1 and saved["num_train_clips"] == 12 and saved["num_test_clips"] == 6
+    assert [r["name"] for r in saved["probe"]] == ["audio-visual", "audio-only", "random-init", "logmel-stats"]
+    for row in saved["probe"]:
+        assert 0.0 <= row["mean"] <= 1.0 and row["chance"] == pytest.approx(1 / 3)
+    for r in saved["retrieval"].values():
+        assert 0.0 <= r["top1"] <= r["top5"] <= 1.0 and r["chance_top1"] == pytest.approx(1 / 6)
+    runs = saved["pretrain"]
+    assert runs["audio-visual"]["steps"] >= 1 and runs["audio-only"]["steps"] >= 1
+    av = yaml.safe_load((report / "configs" / "audio-visual.yaml").read_text())
+    ao = yaml.safe_load((report / "configs" / "audio-only.yaml").read_text())
+    assert "video" in av["model"]["views"] and "video" not in ao["model"]["views"]
+    summary = (report / "summary.md").read_text()
+    assert "| audio-visual |" in summary and "![retrieval](retrieval.png)" in summary
+    assert results["probe"] == saved["probe"]
+
+
+def test_cli_refuses_to_overwrite(tmp_path, capsys):
+    import argparse
+
+    from avssl.demo import add_demo_arguments
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    parser = argparse.ArgumentParser()
+    add_demo_arguments(parser)
+    assert run_demo(parser.parse_args(["--out", str(tmp_path / "x")])) == 2
+    assert "--force" in capsys.readouterr().out
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
