@@ -1,0 +1,659 @@
+"""Linear-probe evaluation: cached frozen embeddings, a regularised linear classifier, reports.
+
+Stage 1 embeds every split of a task once per model and caches it on disk
+(``<cache>/<model id>/<task>/<split>.npz``); stage 2 (:func:`probe`) never touches the model.
+The protocol (written down in ``docs/evaluation.md``): standardise with training statistics,
+train a linear softmax classifier (sigmoid/BCE per class for multi-label tasks) with Adam, pick
+the L2 weight and the epoch on a validation split (the task's own, or carved from train only),
+report the test metric as mean +- std over seeds x folds. Baselines ``logmel-stats``,
+``mfcc-stats`` and ``random-init:PRESET_OR_CKPT`` run through the same path as checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .audio import LogMel, load_audio, resample
+from .config import AudioConfig
+from .tasks import Example, Task, default_data_root, load_task, shared_tasks
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("logmel-stats", "mfcc-stats")
+WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)  # L2 weights tried on the validation split
+N_MFCC = 20
+CONFUSION_MAX_CLASSES = 40
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+
+def accuracy(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Top-1 accuracy of ``scores[n, K]`` against class indices ``y_true[n]``."""
+    return float(np.mean(np.argmax(scores, axis=1) == y_true))
+
+
+def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the step precision-recall curve of one class (scikit-learn's definition:
+    sum over distinct thresholds of (R_n - R_{n-1}) P_n). ``y_true`` in {0, 1}; NaN without positives."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    if y_true.sum() == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(score), kind="mergesort")
+    s, y = np.asarray(score)[order], y_true[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each tie group
+    tp, fp = np.cumsum(y)[last], np.cumsum(1 - y)[last]
+    precision, recall = tp / (tp + fp), tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve of one class (Mann-Whitney U with average ranks for ties)."""
+    from scipy.stats import rankdata
+
+    y_true = np.asarray(y_true) > 0
+    n_pos, n_neg = int(y_true.sum()), int((~y_true).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def d_prime(auc: float) -> float:
+    """Sensitivity index from an AUC: ``sqrt(2) * Phi^-1(auc)`` (as reported for AudioSet)."""
+    auc = min(max(auc, 1e-6), 1 - 1e-6)
+    return math.sqrt(2.0) * statistics.NormalDist().inv_cdf(auc)
+
+
+def classification_metrics(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Metrics for ``scores[n, K]``: ``accuracy`` (single-label ``y[n]`` only), macro ``mAP``,
+    macro ``auc`` and ``d_prime`` (classes without positives, or without negatives, are skipped)."""
+    multilabel = y.ndim == 2
+    onehot = y if multilabel else np.eye(scores.shape[1], dtype=np.float32)[y]
+    aps = [average_precision(onehot[:, k], scores[:, k]) for k in range(scores.shape[1])]
+    aucs = [roc_auc(onehot[:, k], scores[:, k]) for k in range(scores.shape[1])]
+    auc = float(np.nanmean(aucs)) if not all(map(math.isnan, aucs)) else float("nan")
+    out = {"mAP": float(np.nanmean(aps)), "auc": auc, "d_prime": d_prime(auc) if not math.isnan(auc) else float("nan")}
+    if not multilabel:
+        out["accuracy"] = accuracy(y, scores)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- probe
+
+
+def _carve(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices of ``y`` into (train, valid): stratified when every class has >= 2 examples."""
+    from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+
+    counts = np.unique(y, return_counts=True)[1] if y.ndim == 1 else np.zeros(0)
+    stratify = y.ndim == 1 and counts.min() >= 2 and len(counts) <= min(share, 1 - share) * len(y)
+    splitter = (StratifiedShuffleSplit if stratify else ShuffleSplit)(n_splits=1, test_size=share, random_state=seed)
+    tr, va = next(splitter.split(np.zeros(len(y)), y if stratify else None))
+    return np.sort(tr), np.sort(va)
+
+
+def _score(y: np.ndarray, scores: np.ndarray) -> float:
+    """Multi-label validation criterion: mAP over classes with positives."""
+    return float(np.nanmean([average_precision(y[:, k], scores[:, k]) for k in range(y.shape[1]) if y[:, k].any()]))
+
+
+def probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    valid_x: np.ndarray | None = None,
+    valid_y: np.ndarray | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
+    weight_decays: tuple[float, ...] = WEIGHT_DECAYS,
+    lr: float = 1e-2,
+    batch_size: int = 256,
+    max_epochs: int = 200,
+    min_steps: int = 600,
+    patience: int = 15,
+    valid_share: float = 0.2,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Train a linear classifier on frozen embeddings and test it.
+
+    ``*_x``: ``float[n, D]``; ``*_y``: class indices ``int[n]`` (softmax + cross-entropy) or
+    multi-hot ``{0,1}[n, K]`` (per-class sigmoid + BCE). Without ``valid_x`` a validation split
+    (``valid_share``, stratified when possible, seeded) is carved from the training data.
+    Features are standardised with the training mean/std. One linear layer per L2 weight in
+    ``weight_decays`` is trained at once with Adam (``lr``, minibatches of ``batch_size``, at
+    least ``min_steps`` steps up to ``max_epochs`` epochs, stopping after ``patience`` epochs
+    without a validation gain); the (weight, epoch) with the best validation score is tested.
+
+    Returns ``{"metrics": {...}, "scores": float32[n_test, K] (probabilities), "weight_decay",
+    "epoch", "valid_score", "num_train", "num_valid"}``.
+    """
+    device = torch.device(device or "cpu")
+    train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+    multilabel = train_y.ndim == 2
+    if valid_x is None:
+        tr, va = _carve(train_y, valid_share, seed)
+        train_x, valid_x, train_y, valid_y = train_x[tr], train_x[va], train_y[tr], train_y[va]
+    valid_x, valid_y = np.asarray(valid_x, np.float32), np.asarray(valid_y)
+    if multilabel:
+        k = train_y.shape[1]
+    else:
+        k = num_classes or int(max(train_y.max(), valid_y.max(), test_y.max())) + 1
+    mean, std = train_x.mean(0), train_x.std(0)
+    std = np.where(std > 1e-8, std, 1.0)
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((a - mean) / std).float().to(device)
+
+    xt, xv, xs = tensor(train_x), tensor(valid_x), tensor(test_x)
+    yt = torch.from_numpy(train_y).to(device, torch.float32 if multilabel else torch.long)
+    yv = torch.from_numpy(valid_y).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    g, d = len(weight_decays), xt.shape[1]
+    weight = (torch.randn(g, d, k, generator=gen) * 0.01).to(device).requires_grad_()
+    bias = torch.zeros(g, 1, k, device=device, requires_grad=True)
+    wd = torch.tensor(weight_decays, dtype=torch.float32, device=device)[:, None, None]
+    opt = torch.optim.Adam([weight, bias], lr=lr)
+    n = xt.shape[0]
+    steps_per_epoch = math.ceil(n / batch_size)
+    epochs = min(max_epochs, max(1, math.ceil(min_steps / steps_per_epoch)))
+    best = [(-math.inf, -1, None, None)] * g  # (score, epoch, weight, bias) per L2 weight
+
+    def predict(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+        logits = x @ w + b
+        return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)).cpu().numpy()
+
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            logits = torch.einsum("nd,gdk->gnk", xt[idx], weight) + bias  # [G, b, K]
+            if multilabel:
+                loss = F.binary_cross_entropy_with_logits(logits, yt[idx].expand(g, -1, -1), reduction="none")
+                loss = loss.mean(dim=(1, 2)).sum()
+            else:
+                loss = F.cross_entropy(logits.reshape(-1, k), yt[idx].repeat(g), reduction="sum") / len(idx)
+            loss = loss + 0.5 * (wd * weight.square()).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            logits = torch.einsum("nd,gdk->gnk", xv, weight) + bias
+            if multilabel:
+                val = [_score(valid_y, torch.sigmoid(logits[j]).cpu().numpy()) for j in range(g)]
+            else:
+                val = (logits.argmax(-1) == yv).float().mean(-1).tolist()
+            for j in range(g):
+                if val[j] > best[j][0]:
+                    best[j] = (val[j], epoch, weight[j].detach().clone(), bias[j].detach().clone())
+        if epoch - max(b[1] for b in best) >= patience:
+            break
+    j = max(range(g), key=lambda i: (best[i][0], weight_decays[i]))  # ties: the stronger regulariser
+    score, epoch, w, b = best[j]
+    with torch.no_grad():
+        scores = predict(xs, w, b)
+    return {
+        "metrics": classification_metrics(test_y, scores),
+        "scores": scores.astype(np.float32),
+        "weight_decay": float(weight_decays[j]),
+        "epoch": int(epoch) + 1,
+        "valid_score": float(score),
+        "num_train": int(len(train_x)),
+        "num_valid": int(len(valid_x)),
+    }
+
+
+# ---------------------------------------------------------------------------------------- encoders
+
+
+class Encoder(Protocol):
+    """What the evaluation needs of a model: ``avssl.embed.Embedder`` and the baselines fit it."""
+
+    sample_rate: int
+
+    def embed(self, audio: list[np.ndarray], sample_rate: int) -> np.ndarray:
+        """A list of mono clips ``float32[N_i]`` at ``sample_rate`` Hz -> ``float32[B, D]``."""
+
+
+def dct_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """Orthonormal DCT-II, ``float32[n_out, n_in]`` (``M @ x`` = ``scipy.fft.dct(x, norm='ortho')[:n_out]``)."""
+    k, m = np.arange(n_out)[:, None], np.arange(n_in)[None, :]
+    mat = np.sqrt(2.0 / n_in) * np.cos(np.pi * k * (2 * m + 1) / (2 * n_in))
+    mat[0] /= np.sqrt(2.0)
+    return mat.astype(np.float32)
+
+
+class StatsBaseline:
+    """Per-band mean and std over time of log-mel (``logmel-stats``, 2 x n_mels dims) or of
+    MFCCs = DCT-II of log-mel (``mfcc-stats``, 2 x 20 dims). ``embed([B, N] or [N]) -> [B, D]``."""
+
+    def __init__(self, kind: str, cfg: AudioConfig | None = None):
+        if kind not in BASELINES:
+            raise ValueError(f"unknown baseline {kind!r}; baselines: {', '.join(BASELINES)}")
+        cfg = cfg or AudioConfig()
+        self.kind, self.sample_rate = kind, cfg.sample_rate
+        self.logmel = LogMel(cfg)
+        self.dct = torch.from_numpy(dct_matrix(N_MFCC, cfg.n_mels)) if kind == "mfcc-stats" else None
+        self.embedding_dim = 2 * (N_MFCC if self.dct is not None else cfg.n_mels)
+
+    @torch.no_grad()
+    def embed(self, audio: np.ndarray | list[np.ndarray], sample_rate: int) -> np.ndarray:
+        """``[N]``, ``[B, N]``, ``[B, C, N]`` or a list of ``[N]`` clips of any lengths -> ``float32[B, D]``."""
+        if isinstance(audio, (list, tuple)):
+            return np.concatenate([self.embed(np.asarray(c), sample_rate) for c in audio])
+        x = np.asarray(audio, dtype=np.float32)
+        x = x[None] if x.ndim == 1 else x.mean(axis=1) if x.ndim == 3 else x
+        x = resample(x, sample_rate, self.sample_rate)
+        feats = self.logmel(torch.from_numpy(np.ascontiguousarray(x)))  # [B, n_mels, T]
+        if self.dct is not None:
+            feats = torch.einsum("cm,bmt->bct", self.dct, feats)
+        return torch.cat([feats.mean(-1), feats.std(-1, unbiased=False)], dim=1).numpy()
+
+
+@dataclass
+class ModelRef:
+    """A resolved model spec: display ``name``, ``cache_id`` (changes whenever the embeddings
+    would), and the ``encoder``."""
+
+    name: str
+    cache_id: str
+    encoder: Encoder
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe id: readable tail plus a short hash of the full text when it changed."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:]
+    return safe if safe == text else f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha1()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", seed: int = 0) -> ModelRef:
+    """``logmel-stats`` | ``mfcc-stats`` | ``random-init:PRESET_OR_CKPT`` (the architecture of a
+    config preset or checkpoint, untrained, initialised with ``seed``) | a checkpoint path."""
+    if spec in BASELINES:
+        return ModelRef(spec, f"{spec}-{_config_hash(AudioConfig())}", StatsBaseline(spec))
+    from .config import Config, config_json, load_config
+
+    if spec.startswith("random-init:"):
+        from .checkpoint import load_checkpoint
+        from .embed import Embedder
+        from .models import build_model
+
+        target = spec.split(":", 1)[1]
+        cfg = Config.from_dict(load_checkpoint(target)["config"]) if Path(target).is_file() else load_config(target)
+        if view not in cfg.model.views:
+            raise ValueError(f"{spec}: the architecture has views {cfg.model.views}, not {view!r}; use --view")
+        with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the global RNG alone
+            torch.manual_seed(seed)
+            model = build_model(replace(cfg, model=replace(cfg.model, views=[view])))
+        cfg_id = hashlib.sha1(config_json(cfg).encode()).hexdigest()[:12]
+        encoder = Embedder.from_model(model, cfg, view=view).to(torch.device(device or "cpu"))
+        return ModelRef(spec, _slug(f"random-init-{cfg_id}-s{seed}-{view}"), encoder)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model {spec!r} is not a checkpoint file, a baseline ({', '.join(BASELINES)}) or random-init:PRESET_OR_CKPT"
+        )
+    from .embed import load_model
+
+    return ModelRef(spec, _slug(f"{path.stem}-{_file_hash(path)}-{view}"), load_model(path, device=device, view=view))
+
+
+def _config_hash(cfg: AudioConfig) -> str:
+    return hashlib.sha1(json.dumps(cfg.__dict__, sort_keys=True).encode()).hexdigest()[:8]
+
+
+# ---------------------------------------------------------------------------------------- embedding cache
+
+
+def _load_clip(ex: Example, sample_rate: int, whole: functools._lru_cache_wrapper) -> np.ndarray:
+    """Decode an example's audio (mono float32 at ``sample_rate``), cut to its segment if any."""
+    if ex.start == 0.0 and ex.duration is None:
+        return load_audio(ex.path, sample_rate)
+    audio = whole(ex.path, sample_rate)  # segments reuse their decoded source file
+    i = int(round(ex.start * sample_rate))
+    j = len(audio) if ex.duration is None else i + int(round(ex.duration * sample_rate))
+    return audio[i:j]
+
+
+def _embed_examples(encoder: Encoder, examples: list[Example], batch_size: int, progress: bool, desc: str) -> np.ndarray:
+    """Embed examples in order, ``batch_size`` clips (of any lengths) per call; decoding on 2 threads."""
+    from tqdm import tqdm
+
+    sr = encoder.sample_rate
+    whole = functools.lru_cache(maxsize=8)(load_audio)
+    out: list[np.ndarray] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool, tqdm(
+        total=len(examples), desc=desc, disable=not progress, unit="clip"
+    ) as bar:
+        for i in range(0, len(examples), batch_size):
+            clips = list(pool.map(lambda ex: _load_clip(ex, sr, whole), examples[i : i + batch_size]))
+            emb = np.asarray(encoder.embed(clips, sr), dtype=np.float32)
+            if emb.shape[0] != len(clips) or emb.ndim != 2 or not np.isfinite(emb).all():
+                raise RuntimeError(f"{desc}: the encoder returned {emb.shape} (finite: {np.isfinite(emb).all()}) "
+                                   f"for {len(clips)} clips starting at {examples[i].path}")
+            out.append(emb)
+            bar.update(len(clips))
+    return np.concatenate(out)
+
+
+def embed_task(
+    ref: ModelRef, task: Task, cache_dir: str | Path, *, batch_size: int = 32, progress: bool = True
+) -> np.ndarray:
+    """Embeddings ``float32[len(task.examples), D]`` in example order, from the cache
+    ``<cache_dir>/<model id>/<task>/<split>.npz`` where present (and matching the split's
+    examples), else computed and cached per split."""
+    folder = Path(cache_dir) / ref.cache_id / _slug(task.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts: dict[str, np.ndarray] = {}
+    for split in task.split_order:
+        idx = task.indices((split,))
+        keys = np.array([task.examples[i].key for i in idx])
+        path = folder / f"{_slug(split)}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                if np.array_equal(z["keys"], keys):
+                    parts[split] = z["embeddings"]
+                    log.info("%s / %s / %s: %d cached embeddings", ref.name, task.name, split, len(idx))
+                    continue
+            log.warning("%s: cached keys differ from the task's %s split; re-embedding", path, split)
+        emb = _embed_examples(ref.encoder, [task.examples[i] for i in idx], batch_size, progress,
+                              f"{ref.name} {task.name}/{split}")
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            np.savez(f, embeddings=emb, keys=keys)
+        os.replace(tmp, path)
+        parts[split] = emb
+    dim = next(iter(parts.values())).shape[1]
+    x = np.zeros((len(task.examples), dim), dtype=np.float32)
+    for split, emb in parts.items():
+        x[task.indices((split,))] = emb
+    return x
+
+
+# ---------------------------------------------------------------------------------------- the suite
+
+
+def _chance(task: Task, train: np.ndarray, test: np.ndarray) -> float:
+    """The headline metric of a constant predictor: the training majority class (accuracy) or
+    the test label prevalence (mAP of a constant score)."""
+    y_tr, y_te = task.targets(train), task.targets(test)
+    if task.multilabel:
+        pos = y_te.sum(0)
+        return float(np.mean(y_te.mean(0)[pos > 0]))
+    return float(np.mean(y_te == np.bincount(y_tr, minlength=len(task.classes)).argmax()))
+
+
+def run_probes(task: Task, x: np.ndarray, *, seeds: int = 3, device: str | None = None) -> tuple[dict, np.ndarray | None]:
+    """Probe every fold of ``task`` with ``seeds`` seeds on the embeddings ``x[len(examples), D]``.
+
+    Returns (summary dict, confusion counts ``int64[K, K]`` summed over folds and seeds, or None
+    for multi-label tasks)."""
+    y_all = task.targets()
+    k = len(task.classes)
+    confusion = None if task.multilabel else np.zeros((k, k), dtype=np.int64)
+    runs, chance = [], []
+    for fold in task.folds:
+        tr, te = task.indices(fold.train), task.indices(fold.test)
+        va = task.indices(fold.valid) if fold.valid else None
+        chance.append(_chance(task, tr, te))
+        for seed in range(seeds):
+            res = probe(x[tr], y_all[tr], x[te], y_all[te], valid_x=None if va is None else x[va],
+                        valid_y=None if va is None else y_all[va], num_classes=k, seed=seed, device=device)
+            runs.append({"fold": fold.name, "seed": seed, "weight_decay": res["weight_decay"], "epoch": res["epoch"],
+                         "valid_score": res["valid_score"], "num_train": res["num_train"],
+                         "num_valid": res["num_valid"], "num_test": int(len(te)), **res["metrics"]})
+            if confusion is not None:
+                np.add.at(confusion, (y_all[te], res["scores"].argmax(1)), 1)
+    names = [m for m in ("accuracy", "mAP", "d_prime", "auc") if m in runs[0]]
+    metrics = {m: {"mean": float(np.mean([r[m] for r in runs])), "std": float(np.std([r[m] for r in runs]))}
+               for m in names}
+    summary = {"metric": task.metric, "mean": metrics[task.metric]["mean"], "std": metrics[task.metric]["std"],
+               "chance": float(np.mean(chance)), "metrics": metrics, "runs": runs}
+    return summary, confusion
+
+
+def evaluate(
+    models: list[str],
+    tasks: list[str],
+    data_root: str | Path | None,
+    out: str | Path,
+    *,
+    seeds: int = 3,
+    device: str | None = None,
+    view: str = "spec",
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    plots: bool = True,
+    progress: bool = True,
+) -> list[dict]:
+    """Evaluate every model spec on every task; returns one record per (model, task).
+
+    Records are appended to ``<out>/results.jsonl``; ``<out>/results.md`` gets this call's table
+    and ``<out>/plots/`` its figures. Embeddings are cached below ``cache_dir`` (default
+    ``<out>/embeddings``), so a rerun only re-probes."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir) if cache_dir is not None else out / "embeddings"
+    refs = [resolve_model(m, device=device, view=view) for m in models]
+    records: list[dict] = []
+    figures: dict[str, dict[str, Any]] = {}
+    for task_name in tasks:
+        task = load_task(task_name, data_root)
+        figures[task.name] = {"task": task, "models": {}}
+        for ref in refs:
+            t0 = time.perf_counter()
+            x = embed_task(ref, task, cache_dir, batch_size=batch_size, progress=progress)
+            t1 = time.perf_counter()
+            summary, confusion = run_probes(task, x, seeds=seeds, device=device)
+            t2 = time.perf_counter()
+            rec = {
+                "model": ref.name, "task": task.name, **summary, "model_id": ref.cache_id,
+                "num_classes": len(task.classes), "num_examples": len(task.examples), "embedding_dim": int(x.shape[1]),
+                "folds": len(task.folds), "seeds": seeds, "split": task.description,
+                "embed_seconds": round(t1 - t0, 2), "probe_seconds": round(t2 - t1, 2),
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+            log.info("%s on %s: %s %.2f%% +- %.2f (chance %.2f%%)", ref.name, task.name, task.metric,
+                     100 * rec["mean"], 100 * rec["std"], 100 * rec["chance"])
+            with (out / "results.jsonl").open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            records.append(rec)
+            figures[task.name]["models"][ref.name] = {"x": x, "confusion": confusion}
+    (out / "results.md").write_text(markdown_table(records))
+    if plots:
+        write_plots(records, figures, out / "plots")
+    return records
+
+
+# ---------------------------------------------------------------------------------------- reports
+
+
+def markdown_table(records: list[dict]) -> str:
+    """Models as rows, tasks as columns, cells ``mean +- std`` of each task's headline metric (%)."""
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    models = list(dict.fromkeys(r["model"] for r in records))
+    cell = {(r["model"], r["task"]): r for r in records}
+    metric = {r["task"]: r["metric"] for r in records}
+    lines = ["| model | " + " | ".join(f"{t} ({metric[t]}, %)" for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    for m in models:
+        vals = [f"{100 * cell[m, t]['mean']:.1f} ± {100 * cell[m, t]['std']:.1f}" if (m, t) in cell else "-"
+                for t in tasks]
+        lines.append(f"| {m} | " + " | ".join(vals) + " |")
+    chance = {t: next(r["chance"] for r in records if r["task"] == t) for t in tasks}
+    lines.append("| *chance (majority class)* | " + " | ".join(f"{100 * chance[t]:.1f}" for t in tasks) + " |")
+    notes = [f"- **{t}**: {next(r for r in records if r['task'] == t)['split']}; "
+             f"{next(r for r in records if r['task'] == t)['folds']} fold(s) x "
+             f"{next(r for r in records if r['task'] == t)['seeds']} seeds" for t in tasks]
+    return "\n".join(lines) + "\n\nMean ± std over seeds x folds of a linear probe on frozen embeddings.\n\n" + \
+        "\n".join(notes) + "\n"
+
+
+def _pca2(x: np.ndarray) -> np.ndarray:
+    """Standardise, then project onto the first two principal components: ``[n, 2]``."""
+    x = (x - x.mean(0)) / np.where(x.std(0) > 1e-8, x.std(0), 1.0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
+
+
+def write_plots(records: list[dict], figures: dict[str, dict[str, Any]], folder: str | Path) -> list[Path]:
+    """``accuracy.png`` (headline metric per task, bars per model, std error bars, chance ticks),
+    ``confusion-<task>.png`` (row-normalised, one panel per model; single-label tasks with at
+    most 40 classes) and ``projection-<task>.png`` (PCA of the embeddings, coloured by class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    models = list(dict.fromkeys(r["model"] for r in records))
+    cell = {(r["model"], r["task"]): r for r in records}
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 + 0.6 * len(tasks) * len(models)), 4))
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        pos = [t + (i - (len(models) - 1) / 2) * width for t in range(len(tasks))]
+        mean = [100 * cell[m, t]["mean"] if (m, t) in cell else 0 for t in tasks]
+        std = [100 * cell[m, t]["std"] if (m, t) in cell else 0 for t in tasks]
+        bars = ax.bar(pos, mean, width, yerr=std, capsize=3, label=m)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    for t, name in enumerate(tasks):
+        chance = 100 * next(r["chance"] for r in records if r["task"] == name)
+        ax.hlines(chance, t - 0.45, t + 0.45, colors="k", linestyles="--", linewidth=1,
+                  label="chance" if t == 0 else None)
+    ax.set_xticks(range(len(tasks)), [f"{t}\n({cell[next(m for m in models if (m, t) in cell), t]['metric']})"
+                                      for t in tasks])
+    ax.set_ylabel("test score, % (mean ± std)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Linear probe on frozen embeddings")
+    fig.tight_layout()
+    written.append(folder / "accuracy.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    for name, info in figures.items():
+        task, per_model = info["task"], info["models"]
+        if not per_model:
+            continue
+        slug = _slug(name)
+        k = len(task.classes)
+        if not task.multilabel and k <= CONFUSION_MAX_CLASSES:
+            fig, axes = plt.subplots(1, len(per_model), figsize=(4.5 * len(per_model), 4.2), squeeze=False)
+            for ax, (m, d) in zip(axes[0], per_model.items()):
+                c = d["confusion"] / np.maximum(d["confusion"].sum(1, keepdims=True), 1)
+                ax.imshow(c, vmin=0, vmax=1, cmap="Blues")
+                ax.set_title(f"{m}\n{100 * cell[m, name]['mean']:.1f}% accuracy", fontsize=9)
+                ax.set_xticks(range(k), task.classes, rotation=90, fontsize=6)
+                ax.set_yticks(range(k), task.classes, fontsize=6)
+                ax.set_xlabel("predicted")
+                ax.set_ylabel("true")
+            fig.suptitle(f"{name}: confusion (rows normalised, all folds and seeds)")
+            fig.tight_layout()
+            written.append(folder / f"confusion-{slug}.png")
+            fig.savefig(written[-1], dpi=120)
+            plt.close(fig)
+        rng = np.random.default_rng(0)
+        sel = np.sort(rng.permutation(len(task.examples))[:2000])
+        labels = np.array([task.classes.index(task.examples[i].labels[0]) for i in sel])
+        fig, axes = plt.subplots(1, len(per_model), figsize=(4.5 * len(per_model), 4.2), squeeze=False)
+        for ax, (m, d) in zip(axes[0], per_model.items()):
+            p = _pca2(d["x"][sel])
+            sc = ax.scatter(p[:, 0], p[:, 1], c=labels, cmap="tab20" if k > 10 else "tab10", s=6, vmin=0,
+                            vmax=max(k - 1, 1))
+            ax.set_title(m, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if k <= 20:
+            handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=c)
+                       for i, c in enumerate(task.classes)]
+            fig.legend(handles=handles, loc="center right", fontsize=7)
+            fig.subplots_adjust(right=0.85)
+        fig.suptitle(f"{name}: PCA of the embeddings, coloured by {'first label' if task.multilabel else 'class'}")
+        written.append(folder / f"projection-{slug}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", metavar="MODEL_OR_BASELINE",
+                        help="checkpoint paths, logmel-stats, mfcc-stats, random-init:PRESET_OR_CKPT")
+    parser.add_argument("--task", action="append", default=[], help="task name (repeatable); see docs/evaluation.md")
+    parser.add_argument("--suite", choices=["shared"], help="shared: every task whose data is under --data-root")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder holding the datasets (default: $AVSSL_SHARED_DATA or ../shared/data)")
+    parser.add_argument("--out", type=Path, default=Path("eval-results"), help="results folder")
+    parser.add_argument("--seeds", type=int, default=3, help="probe seeds per fold (default 3)")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cpu)")
+    parser.add_argument("--view", default="spec", help="audio tower of a checkpoint to evaluate (spec | wave)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: OUT/embeddings)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="do not add logmel-stats, mfcc-stats and random-init:CKPT beside each checkpoint")
+    parser.add_argument("--no-plots", action="store_true")
+
+
+def with_baselines(models: list[str]) -> list[str]:
+    """The given specs plus ``logmel-stats``, ``mfcc-stats`` and ``random-init:CKPT`` for each checkpoint."""
+    extra = [f"random-init:{m}" for m in models if m not in BASELINES and not m.startswith("random-init:")]
+    return list(dict.fromkeys([*models, *extra, *BASELINES]))
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    data_root = args.data_root or default_data_root()
+    tasks = list(args.task)
+    if args.suite == "shared":
+        found = shared_tasks(data_root)
+        if not found:
+            log.error("--suite shared: no shared-data task found under %s (set --data-root)", data_root)
+            return 2
+        tasks += [t for t in found if t not in tasks]
+    if not tasks:
+        log.error("no task given; use --task NAME (repeatable) or --suite shared")
+        return 2
+    models = list(args.models) if args.no_baselines else with_baselines(list(args.models))
+    if not models:
+        log.error("no model given (and --no-baselines)")
+        return 2
+    t0 = time.perf_counter()
+    records = evaluate(models, tasks, data_root, args.out, seeds=args.seeds, device=args.device, view=args.view,
+                       cache_dir=args.cache_dir, batch_size=args.batch_size, plots=not args.no_plots)
+    log.info("%d results in %.1f s; table: %s\n%s", len(records), time.perf_counter() - t0,
+             args.out / "results.md", markdown_table(records))
+    return 0

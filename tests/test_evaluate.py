@@ -1,0 +1,242 @@
+"""Evaluation: metrics against scikit-learn, the linear probe, baselines, the embedding cache, reports, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avssl.audio import LogMel
+from avssl.evaluate import (
+    ModelRef,
+    StatsBaseline,
+    average_precision,
+    classification_metrics,
+    d_prime,
+    dct_matrix,
+    embed_task,
+    evaluate,
+    probe,
+    resolve_model,
+    roc_auc,
+    run_probes,
+    with_baselines,
+)
+from avssl.tasks import Task, load_task
+from avssl.video import encode_audio
+
+SR = 16000
+
+
+def test_metrics_agree_with_sklearn():
+    from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for ties in (False, True):
+        y = (rng.random((300, 6)) < 0.2).astype(np.float32)
+        s = rng.random((300, 6)) + y * rng.random(6)
+        if ties:
+            s = np.round(s, 1)  # many tied scores
+        for k in range(6):
+            assert average_precision(y[:, k], s[:, k]) == pytest.approx(average_precision_score(y[:, k], s[:, k]))
+            assert roc_auc(y[:, k], s[:, k]) == pytest.approx(roc_auc_score(y[:, k], s[:, k]))
+        m = classification_metrics(y, s)
+        assert m["mAP"] == pytest.approx(average_precision_score(y, s, average="macro"))
+        assert m["auc"] == pytest.approx(roc_auc_score(y, s, average="macro"))
+        assert "accuracy" not in m
+    labels = rng.integers(0, 5, 200)
+    scores = rng.random((200, 5))
+    m = classification_metrics(labels, scores)
+    assert m["accuracy"] == pytest.approx(accuracy_score(labels, scores.argmax(1)))
+    assert m["mAP"] == pytest.approx(average_precision_score(np.eye(5)[labels], scores, average="macro"))
+
+
+def test_d_prime():
+    from statistics import NormalDist
+
+    assert d_prime(0.5) == pytest.approx(0.0, abs=1e-12)
+    assert d_prime(NormalDist().cdf(1 / np.sqrt(2))) == pytest.approx(1.0)
+    assert d_prime(0.2) == pytest.approx(-d_prime(0.8))
+
+
+def _blobs(rng, n, k, d, sep):
+    centers = rng.normal(size=(k, d)) * sep
+    y = rng.integers(0, k, n)
+    return centers[y] + rng.normal(size=(n, d)), y
+
+
+def test_probe_separable_and_shuffled():
+    rng = np.random.default_rng(0)
+    x, y = _blobs(rng, 900, 4, 16, sep=4.0)
+    res = probe(x[:600], y[:600], x[600:], y[600:], seed=0)
+    assert res["metrics"]["accuracy"] >= 0.99 and res["num_train"] == 480 and res["num_valid"] == 120
+    assert res["scores"].shape == (300, 4) and np.allclose(res["scores"].sum(1), 1, atol=1e-5)
+    noise = rng.integers(0, 4, 900)  # labels independent of the features
+    chance = probe(x[:600], noise[:600], x[600:], noise[600:], seed=0)["metrics"]["accuracy"]
+    assert abs(chance - 0.25) < 0.08
+    again = probe(x[:600], y[:600], x[600:], y[600:], seed=0)
+    np.testing.assert_array_equal(again["scores"], res["scores"])  # seeded: reproducible
+
+
+def test_probe_multilabel_and_given_validation():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(700, 12))
+    y = (x[:, :5] > 0.3).astype(np.float32)  # label k is a threshold on feature k
+    res = probe(x[:400], y[:400], x[500:], y[500:], valid_x=x[400:500], valid_y=y[400:500], seed=0)
+    assert res["metrics"]["mAP"] > 0.97 and res["num_valid"] == 100 and res["num_train"] == 400
+    noise = probe(x[:400], rng.permutation(y[:400]), x[500:], y[500:], seed=0)
+    assert noise["metrics"]["mAP"] < 0.5 and abs(noise["metrics"]["auc"] - 0.5) < 0.1
+
+
+def test_mfcc_is_dct_of_logmel_and_stats_match():
+    from scipy.fft import dct
+
+    v = np.random.default_rng(0).normal(size=(3, 64))
+    np.testing.assert_allclose(v @ dct_matrix(20, 64).T, dct(v, norm="ortho", axis=1)[:, :20], rtol=1e-5, atol=1e-5)
+    t = np.arange(SR) / SR
+    audio = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    lm = LogMel()(torch.from_numpy(audio)[None])[0].numpy()  # [64, T]
+    logmel = StatsBaseline("logmel-stats").embed(audio, SR)
+    np.testing.assert_allclose(logmel[0], np.r_[lm.mean(1), lm.std(1)], rtol=1e-4, atol=1e-4)
+    mfcc = dct(lm, norm="ortho", axis=0)[:20]
+    got = StatsBaseline("mfcc-stats").embed([audio, audio[:8000]], SR)
+    assert got.shape == (2, 40)
+    np.testing.assert_allclose(got[0], np.r_[mfcc.mean(1), mfcc.std(1)], rtol=1e-3, atol=1e-3)
+    # 8 kHz input is resampled inside: same tone, nearly the same statistics
+    low = StatsBaseline("logmel-stats").embed(audio[::2], SR // 2)
+    assert np.corrcoef(low[0, :64], logmel[0, :64])[0, 1] > 0.95
+
+
+def _tone_folder(root: Path, classes=(300.0, 700.0, 1500.0), per_class=6) -> Path:
+    rng = np.random.default_rng(0)
+    for c, f0 in enumerate(classes):
+        for i in range(per_class):
+            n = int(SR * rng.uniform(0.2, 0.4))
+            t = np.arange(n) / SR
+            x = 0.3 * np.sin(2 * np.pi * f0 * (1 + 0.02 * rng.normal()) * t) + 0.01 * rng.normal(size=n)
+            path = root / f"class{c}" / f"{i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            encode_audio(path, x.astype(np.float32), SR)
+    return root
+
+
+class Counting:
+    """An encoder that counts the clips it embeds (mean and std of the waveform)."""
+
+    sample_rate = SR
+
+    def __init__(self):
+        self.calls = 0
+
+    def embed(self, clips, sample_rate):
+        self.calls += len(clips)
+        return np.array([[np.mean(c), np.std(c)] for c in clips], dtype=np.float32)
+
+
+def test_embedding_cache_never_reembeds(tmp_path):
+    task = load_task(f"folder:{_tone_folder(tmp_path / 'data')}")
+    enc = Counting()
+    ref = ModelRef("counting", "counting-v1", enc)
+    x1 = embed_task(ref, task, tmp_path / "cache", progress=False)
+    assert enc.calls == len(task.examples) == 18 and x1.shape == (18, 2)
+    assert sorted(p.name for p in (tmp_path / "cache" / "counting-v1").rglob("*.npz")) == [
+        f"fold{k}.npz" for k in range(1, 6)]
+    x2 = embed_task(ref, task, tmp_path / "cache", progress=False)
+    assert enc.calls == 18
+    np.testing.assert_array_equal(x1, x2)
+    # rows line up with the examples whatever the split order on disk
+    for i, ex in enumerate(task.examples[:3]):
+        from avssl.audio import load_audio
+
+        assert x1[i, 1] == pytest.approx(np.std(load_audio(ex.path, SR)), rel=1e-5)
+    # a changed split is re-embedded (only that split)
+    smaller = Task(task.name, [ex for ex in task.examples if ex.path.name != "0.wav" or ex.split != "fold1"],
+                   task.classes, task.folds)
+    if len(smaller.examples) < len(task.examples):
+        embed_task(ref, smaller, tmp_path / "cache", progress=False)
+        assert enc.calls == 18 + sum(ex.split == "fold1" for ex in smaller.examples)
+
+
+def test_segments_are_cut_from_their_file(tmp_path):
+    from avssl.evaluate import _embed_examples
+    from avssl.tasks import Example
+
+    t = np.arange(2 * SR) / SR
+    path = encode_audio(tmp_path / "two.wav", np.where(t < 1, 0.1, 0.5).astype(np.float32) * np.sin(2 * np.pi * 200 * t),
+                        SR)
+    exs = [Example(path, ("a",), "train", 0.0, 1.0), Example(path, ("a",), "train", 1.0, 1.0)]
+    emb = _embed_examples(Counting(), exs, batch_size=8, progress=False, desc="seg")
+    assert emb[0, 1] == pytest.approx(0.1 / np.sqrt(2), rel=0.02) and emb[1, 1] == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+
+
+def test_evaluate_end_to_end_and_cli(tmp_path):
+    data = _tone_folder(tmp_path / "tones")
+    task = f"folder:{data}"
+    records = evaluate(["logmel-stats", "mfcc-stats"], [task], None, tmp_path / "out", seeds=2, progress=False)
+    assert [r["model"] for r in records] == ["logmel-stats", "mfcc-stats"]
+    for r in records:
+        assert r["metric"] == "accuracy" and len(r["runs"]) == 10 and r["embedding_dim"] in (128, 40)
+        assert r["mean"] >= 0.9 and r["chance"] < 0.5 and r["std"] >= 0
+        assert r["mean"] == pytest.approx(np.mean([run["accuracy"] for run in r["runs"]]))
+        assert {run["fold"] for run in r["runs"]} == {f"fold{k}" for k in range(1, 6)}
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["model"] for line in lines] == ["logmel-stats", "mfcc-stats"]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| logmel-stats |" in table and f"{100 * records[0]['mean']:.1f} ±" in table
+    for name in ("accuracy.png", f"confusion-{_slug(task)}.png", f"projection-{_slug(task)}.png"):
+        assert (tmp_path / "out" / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    # the CLI appends to the same results file, reusing the cached embeddings
+    from avssl.cli import main
+
+    rc = main(["eval", "logmel-stats", "--task", task, "--out", str(tmp_path / "out"), "--seeds", "1",
+               "--no-baselines", "--no-plots"])
+    assert rc == 0
+    last = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[-1])
+    assert last["model"] == "logmel-stats" and last["seeds"] == 1 and last["embed_seconds"] < records[0]["embed_seconds"]
+
+
+def _slug(text):
+    from avssl.evaluate import _slug as slug
+
+    return slug(text)
+
+
+def test_model_specs(tmp_path):
+    assert with_baselines(["a.pt"]) == ["a.pt", "random-init:a.pt", "logmel-stats", "mfcc-stats"]
+    assert with_baselines(["logmel-stats"]) == ["logmel-stats", "mfcc-stats"]
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        resolve_model(str(tmp_path / "missing.pt"))
+
+
+def test_random_init_is_seeded_and_probeable(tmp_path):
+    pytest.importorskip("avssl.models")
+    pytest.importorskip("avssl.embed")
+    a, b = resolve_model("random-init:tiny"), resolve_model("random-init:tiny")
+    assert a.cache_id == b.cache_id and a.cache_id != resolve_model("random-init:tiny", seed=1).cache_id
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(size=SR // 2).astype(np.float32) * 0.1 for _ in range(2)]
+    ea, eb = a.encoder.embed(clips, SR), b.encoder.embed(clips, SR)
+    np.testing.assert_allclose(ea, eb, rtol=1e-5, atol=1e-6)
+    assert ea.shape == (2, a.encoder.embedding_dim) and np.isfinite(ea).all()
+
+
+@pytest.fixture(scope="session")
+def fsdd_logmel(shared_data, tmp_path_factory):
+    """logmel-stats embeddings of real FSDD (official split; every 3rd training recording to stay fast)."""
+    full = load_task("fsdd-digits", shared_data)
+    keep = [ex for i, ex in enumerate(full.examples) if ex.split == "test" or i % 3 == 0]
+    task = Task(full.name, keep, full.classes, full.folds, description=full.description)
+    ref = resolve_model("logmel-stats")
+    return task, embed_task(ref, task, tmp_path_factory.mktemp("fsdd-cache"), progress=False)
+
+
+def test_real_fsdd_digits_logmel_far_above_chance(fsdd_logmel):
+    task, x = fsdd_logmel
+    assert sum(ex.split == "test" for ex in task.examples) == 300
+    summary, confusion = run_probes(task, x, seeds=1)
+    assert summary["chance"] <= 0.15
+    assert summary["mean"] > 0.7, summary  # ~0.9 measured; chance is 0.1
+    assert confusion.sum() == 300 and np.trace(confusion) / 300 == pytest.approx(summary["mean"])
