@@ -154,7 +154,10 @@ def main() -> None:
         setting = f"{sr // 1000} kHz, {cfg.audio.n_mels} mels, {w / sr:g} s windows"
 
         def tower(threads, emb=emb, x=windows.to(device)):
-            return lambda: emb._run(x, features=False)
+            def fn():
+                with torch.inference_mode():
+                    emb.tower(x)
+            return fn
 
         def embed(threads, emb=emb, c=clips.numpy()):
             return lambda: emb.embed(c, emb.sample_rate)

@@ -133,23 +133,20 @@ class Embedder(nn.Module):
             starts.append(n - self.window)  # end-aligned last window
         return starts
 
-    def _windows(self, clips: list[np.ndarray]) -> tuple[torch.Tensor, list[list[int]]]:
-        """All windows of all clips ``float32[M, window]`` and each clip's window starts."""
-        windows, starts = [], []
-        for c in clips:
-            if len(c) < self.window:
-                c = np.pad(c, (0, self.window - len(c)))
-            s = self._window_starts(len(c))
-            windows.extend(c[i : i + self.window] for i in s)
-            starts.append(s)
-        return torch.from_numpy(np.stack(windows)), starts
-
     @torch.inference_mode()
-    def _run(self, windows: torch.Tensor, features: bool) -> torch.Tensor:
-        """Tower over ``[M, window]`` in chunks of ``batch_size`` -> ``[M, D]`` or ``[M, T', D]`` on the CPU."""
+    def _run(self, clips: list[np.ndarray], features: bool) -> tuple[torch.Tensor, list[list[int]]]:
+        """The tower over every window of every clip, ``batch_size`` windows at a time (windows are cut
+        per batch, never all at once). Returns ``[M, D]`` (or ``[M, T', D]`` with ``features``) on the CPU,
+        windows in clip order, and each clip's window starts (samples)."""
+        clips = [np.pad(c, (0, self.window - len(c))) if len(c) < self.window else c for c in clips]
+        starts = [self._window_starts(len(c)) for c in clips]
+        jobs = [(i, s) for i, ss in enumerate(starts) for s in ss]
         fn = self.tower.forward_features if features else self.tower.forward
-        outs = [fn(chunk.to(self.device)).float().cpu() for chunk in windows.split(self.batch_size)]
-        return torch.cat(outs)
+        outs = []
+        for k in range(0, len(jobs), self.batch_size):
+            x = np.stack([clips[i][s : s + self.window] for i, s in jobs[k : k + self.batch_size]])
+            outs.append(fn(torch.from_numpy(x).to(self.device)).float().cpu())
+        return torch.cat(outs), starts
 
     # -- public API -----------------------------------------------------------------------------------------
     def embed(self, audio: AudioInput, sample_rate: int) -> np.ndarray:
@@ -157,9 +154,7 @@ class Embedder(nn.Module):
 
         ``sample_rate`` is the rate of ``audio`` in Hz; it is resampled to :attr:`sample_rate` inside.
         """
-        clips = self._clips(audio, sample_rate)
-        windows, starts = self._windows(clips)
-        pooled = self._run(windows, features=False)
+        pooled, starts = self._run(self._clips(audio, sample_rate), features=False)  # [M, D]
         out, i = [], 0
         for s in starts:
             out.append(pooled[i : i + len(s)].mean(0))
@@ -179,8 +174,7 @@ class Embedder(nn.Module):
         if any(len(c) != n for c in clips):
             raise ValueError("embed_timestamps needs clips of equal length; call it once per clip instead")
         seconds = np.arange(int(np.floor(n / self.sample_rate / hop + 1e-9)) + 1, dtype=np.float64) * hop
-        windows, starts = self._windows(clips)
-        feats = self._run(windows, features=True)  # [M, T', D]
+        feats, starts = self._run(clips, features=True)  # [M, T', D]
         s = np.asarray(starts[0], dtype=np.float64) / self.sample_rate  # same windows for every clip
         centres = s + self.window / self.sample_rate / 2
         j = np.abs(seconds[:, None] - centres[None, :]).argmin(1)  # nearest window per timestamp
