@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -100,6 +101,19 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray) -> dict[str, float
 # ---------------------------------------------------------------------------------------- probe
 
 
+@contextlib.contextmanager
+def _one_thread(device: torch.device):
+    """Run tiny CPU tensor work on one thread: intra-op threads only spin on matrices this small
+    (measured ~50x slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _carve(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices of ``y`` into (train, valid): stratified when every class has >= 2 examples."""
     from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
@@ -149,79 +163,80 @@ def probe(
     "epoch", "valid_score", "num_train", "num_valid"}``.
     """
     device = torch.device(device or "cpu")
-    train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
-    train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-    multilabel = train_y.ndim == 2
-    if valid_x is None:
-        tr, va = _carve(train_y, valid_share, seed)
-        train_x, valid_x, train_y, valid_y = train_x[tr], train_x[va], train_y[tr], train_y[va]
-    valid_x, valid_y = np.asarray(valid_x, np.float32), np.asarray(valid_y)
-    if multilabel:
-        k = train_y.shape[1]
-    else:
-        k = num_classes or int(max(train_y.max(), valid_y.max(), test_y.max())) + 1
-    mean, std = train_x.mean(0), train_x.std(0)
-    std = np.where(std > 1e-8, std, 1.0)
+    with _one_thread(device):
+        train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
+        train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+        multilabel = train_y.ndim == 2
+        if valid_x is None:
+            tr, va = _carve(train_y, valid_share, seed)
+            train_x, valid_x, train_y, valid_y = train_x[tr], train_x[va], train_y[tr], train_y[va]
+        valid_x, valid_y = np.asarray(valid_x, np.float32), np.asarray(valid_y)
+        if multilabel:
+            k = train_y.shape[1]
+        else:
+            k = num_classes or int(max(train_y.max(), valid_y.max(), test_y.max())) + 1
+        mean, std = train_x.mean(0), train_x.std(0)
+        std = np.where(std > 1e-8, std, 1.0)
 
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy((a - mean) / std).float().to(device)
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy((a - mean) / std).float().to(device)
 
-    xt, xv, xs = tensor(train_x), tensor(valid_x), tensor(test_x)
-    yt = torch.from_numpy(train_y).to(device, torch.float32 if multilabel else torch.long)
-    yv = torch.from_numpy(valid_y).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    g, d = len(weight_decays), xt.shape[1]
-    weight = (torch.randn(g, d, k, generator=gen) * 0.01).to(device).requires_grad_()
-    bias = torch.zeros(g, 1, k, device=device, requires_grad=True)
-    wd = torch.tensor(weight_decays, dtype=torch.float32, device=device)[:, None, None]
-    opt = torch.optim.Adam([weight, bias], lr=lr)
-    n = xt.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    epochs = min(max_epochs, max(1, math.ceil(min_steps / steps_per_epoch)))
-    best = [(-math.inf, -1, None, None)] * g  # (score, epoch, weight, bias) per L2 weight
+        xt, xv, xs = tensor(train_x), tensor(valid_x), tensor(test_x)
+        yt = torch.from_numpy(train_y).to(device, torch.float32 if multilabel else torch.long)
+        yv = torch.from_numpy(valid_y).to(device)
+        gen = torch.Generator().manual_seed(seed)
+        g, d = len(weight_decays), xt.shape[1]
+        weight = (torch.randn(g, d, k, generator=gen) * 0.01).to(device).requires_grad_()
+        bias = torch.zeros(g, 1, k, device=device, requires_grad=True)
+        wd = torch.tensor(weight_decays, dtype=torch.float32, device=device)[:, None, None]
+        opt = torch.optim.Adam([weight, bias], lr=lr)
+        n = xt.shape[0]
+        steps_per_epoch = math.ceil(n / batch_size)
+        epochs = min(max_epochs, max(1, math.ceil(min_steps / steps_per_epoch)))
+        best = [(-math.inf, -1, None, None)] * g  # (score, epoch, weight, bias) per L2 weight
 
-    def predict(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-        logits = x @ w + b
-        return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)).cpu().numpy()
+        def predict(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+            logits = x @ w + b
+            return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)).cpu().numpy()
 
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=gen).to(device)
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            logits = torch.einsum("nd,gdk->gnk", xt[idx], weight) + bias  # [G, b, K]
-            if multilabel:
-                loss = F.binary_cross_entropy_with_logits(logits, yt[idx].expand(g, -1, -1), reduction="none")
-                loss = loss.mean(dim=(1, 2)).sum()
-            else:
-                loss = F.cross_entropy(logits.reshape(-1, k), yt[idx].repeat(g), reduction="sum") / len(idx)
-            loss = loss + 0.5 * (wd * weight.square()).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        for epoch in range(epochs):
+            perm = torch.randperm(n, generator=gen).to(device)
+            for i in range(0, n, batch_size):
+                idx = perm[i : i + batch_size]
+                logits = torch.einsum("nd,gdk->gnk", xt[idx], weight) + bias  # [G, b, K]
+                if multilabel:
+                    loss = F.binary_cross_entropy_with_logits(logits, yt[idx].expand(g, -1, -1), reduction="none")
+                    loss = loss.mean(dim=(1, 2)).sum()
+                else:
+                    loss = F.cross_entropy(logits.reshape(-1, k), yt[idx].repeat(g), reduction="sum") / len(idx)
+                loss = loss + 0.5 * (wd * weight.square()).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                logits = torch.einsum("nd,gdk->gnk", xv, weight) + bias
+                if multilabel:
+                    val = [_score(valid_y, torch.sigmoid(logits[j]).cpu().numpy()) for j in range(g)]
+                else:
+                    val = (logits.argmax(-1) == yv).float().mean(-1).tolist()
+                for j in range(g):
+                    if val[j] > best[j][0]:
+                        best[j] = (val[j], epoch, weight[j].detach().clone(), bias[j].detach().clone())
+            if epoch - max(b[1] for b in best) >= patience:
+                break
+        j = max(range(g), key=lambda i: (best[i][0], weight_decays[i]))  # ties: the stronger regulariser
+        score, epoch, w, b = best[j]
         with torch.no_grad():
-            logits = torch.einsum("nd,gdk->gnk", xv, weight) + bias
-            if multilabel:
-                val = [_score(valid_y, torch.sigmoid(logits[j]).cpu().numpy()) for j in range(g)]
-            else:
-                val = (logits.argmax(-1) == yv).float().mean(-1).tolist()
-            for j in range(g):
-                if val[j] > best[j][0]:
-                    best[j] = (val[j], epoch, weight[j].detach().clone(), bias[j].detach().clone())
-        if epoch - max(b[1] for b in best) >= patience:
-            break
-    j = max(range(g), key=lambda i: (best[i][0], weight_decays[i]))  # ties: the stronger regulariser
-    score, epoch, w, b = best[j]
-    with torch.no_grad():
-        scores = predict(xs, w, b)
-    return {
-        "metrics": classification_metrics(test_y, scores),
-        "scores": scores.astype(np.float32),
-        "weight_decay": float(weight_decays[j]),
-        "epoch": int(epoch) + 1,
-        "valid_score": float(score),
-        "num_train": int(len(train_x)),
-        "num_valid": int(len(valid_x)),
-    }
+            scores = predict(xs, w, b)
+        return {
+            "metrics": classification_metrics(test_y, scores),
+            "scores": scores.astype(np.float32),
+            "weight_decay": float(weight_decays[j]),
+            "epoch": int(epoch) + 1,
+            "valid_score": float(score),
+            "num_train": int(len(train_x)),
+            "num_valid": int(len(valid_x)),
+        }
 
 
 # ---------------------------------------------------------------------------------------- encoders
@@ -260,8 +275,12 @@ class StatsBaseline:
     @torch.no_grad()
     def embed(self, audio: np.ndarray | list[np.ndarray], sample_rate: int) -> np.ndarray:
         """``[N]``, ``[B, N]``, ``[B, C, N]`` or a list of ``[N]`` clips of any lengths -> ``float32[B, D]``."""
-        if isinstance(audio, (list, tuple)):
-            return np.concatenate([self.embed(np.asarray(c), sample_rate) for c in audio])
+        with _one_thread(torch.device("cpu")):
+            if isinstance(audio, (list, tuple)):
+                return np.concatenate([self._embed(np.asarray(c), sample_rate) for c in audio])
+            return self._embed(audio, sample_rate)
+
+    def _embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         x = np.asarray(audio, dtype=np.float32)
         x = x[None] if x.ndim == 1 else x.mean(axis=1) if x.ndim == 3 else x
         x = resample(x, sample_rate, self.sample_rate)
