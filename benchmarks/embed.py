@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from avssl.audio import LogMel
 from avssl.config import AudioConfig, load_config
@@ -189,6 +190,12 @@ def main() -> None:
 
             cases.append((name, setting, "torch", ref, n * adv))
 
+    gflops = {}  # architecture cost, independent of machine load: GFLOP (conv/matmul) per second of audio
+    for name, _, backend, make, seconds in cases:
+        if backend == "torch":
+            with FlopCounterMode(display=False) as counter:
+                make(1)()
+            gflops[name] = counter.get_total_flops() / seconds / 1e9
     results: dict[tuple[str, str, int], float] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -202,8 +209,9 @@ def main() -> None:
         f"1-minute load average at the end {loadavg:.1f}. Real-time factor (RTF) = seconds of audio / seconds of "
         f"compute, fastest of {args.repeats} (higher is faster). References: random weights, architecture-only speed.",
         "",
-        "| model | input setting | " + " | ".join(f"{b} RTF, {t} thr" for t in args.threads for b in ("torch", "ONNX")) + " |",
-        "|---|---|" + "---|" * (2 * len(args.threads)),
+        "| model | input setting | GFLOP / audio s | "
+        + " | ".join(f"{b} RTF, {t} thr" for t in args.threads for b in ("torch", "ONNX")) + " |",
+        "|---|---|---|" + "---|" * (2 * len(args.threads)),
     ]
     seen = []
     for name, setting, *_ in cases:
@@ -211,13 +219,13 @@ def main() -> None:
             continue
         seen.append(name)
         cells = [_rtf(results[k]) if (k := (name, b, t)) in results else "-" for t in args.threads for b in ("torch", "onnx")]
-        lines.append(f"| {name} | {setting} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {setting} | {gflops[name]:.3g} | " + " | ".join(cells) + " |")
     lines.append("")
     for t in args.threads:
         small = results.get(("avssl small tower", "torch", t))
         if small:
             refs = [n for n in seen if not n.startswith("avssl")]
-            ratio = ", ".join(f"{small / results[n, 'torch', t]:.1f}x {n}" for n in refs)
+            ratio = ", ".join(f"{_rtf(small / results[n, 'torch', t])} {n}" for n in refs)
             lines.append(f"- {t} thread(s): the small tower (torch) runs at {ratio or 'n/a'} speed"
                          + (f"; ONNX/torch = {results['avssl small tower', 'onnx', t] / small:.2f}"
                             if ("avssl small tower", "onnx", t) in results else "")
