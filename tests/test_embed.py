@@ -64,6 +64,7 @@ def test_load_model_matches_saved_tower(tiny_ckpt, embedder):
     with torch.inference_mode():
         ref = model.towers["spec"](torch.from_numpy(x)[None]).numpy()
     np.testing.assert_allclose(embedder.embed(x, embedder.sample_rate), ref, atol=1e-5)
+    assert not embedder.train().tower.training  # inference only
     wave = load_model(tiny_ckpt, device="cpu", view="wave")
     with torch.inference_mode():
         ref = model.towers["wave"](torch.from_numpy(x)[None]).numpy()

@@ -45,10 +45,10 @@ from .models import AUDIO_VIEWS, build_model
 
 log = logging.getLogger(__name__)
 
-MEDIA_SUFFIXES = {
+MEDIA_SUFFIXES = {  # folder inputs: the files with these suffixes (same set as avssl.ingest, plus audio-only ones)
     ".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".aif", ".aiff",
-    ".mp4", ".webm", ".mkv", ".avi", ".mov", ".flv", ".m4v", ".mpg", ".mpeg", ".3gp",
-}
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".wmv", ".ogv",
+}  # fmt: skip
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
 AudioInput = np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor]
@@ -88,6 +88,10 @@ class Embedder(nn.Module):
         if view not in model.towers:
             raise ValueError(f"the model has no {view!r} tower (it has {list(model.towers)}); pick another view")
         return cls(model.towers[view], cfg, view, **kwargs)
+
+    def train(self, mode: bool = True) -> "Embedder":
+        """Inference only: the tower stays in eval mode (BatchNorm running statistics, no masking)."""
+        return super().train(False)
 
     @property
     def device(self) -> torch.device:
