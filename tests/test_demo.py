@@ -65,7 +65,7 @@ def test_one_minute_demo_writes_every_report_file(tmp_path):
     out = tmp_path / "demo"
     results = run_demo_pipeline(
         out, minutes=0.5, seed=1, world={"num_classes": 3, "clips_per_class": 6, "seconds": 2.0},
-        overrides=["data.batch_size=8", "train.log_every=1"], probe_seeds=1, progress=False,
+        overrides=["data.batch_size=8", "data.num_workers=0", "train.log_every=1"], probe_seeds=1, progress=False,
     )
     report = out / "report"
     for name in ["summary.md", "results.json", "curves.png", "probe.png", "retrieval.png", "configs/world.json",

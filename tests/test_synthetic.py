@@ -50,10 +50,10 @@ def test_layout_and_labels(world):
 
 
 def test_deterministic_for_a_seed(tmp_path):
-    kwargs = dict(num_classes=2, clips_per_class=2, seconds=1.0, size=32, fps=FPS, progress=False)
-    a = generate_world(tmp_path / "a", seed=7, workers=2, **kwargs)
-    b = generate_world(tmp_path / "b", seed=7, workers=1, **kwargs)  # the worker count changes nothing
-    c = generate_world(tmp_path / "c", seed=8, **kwargs)
+    kwargs = dict(num_classes=2, clips_per_class=2, seconds=1.0, size=32, fps=FPS)
+    a = generate_world(tmp_path / "a", seed=7, workers=2, progress=True, **kwargs)
+    b = generate_world(tmp_path / "b", seed=7, workers=1, progress=False, **kwargs)  # the worker count changes nothing
+    c = generate_world(tmp_path / "c", seed=8, progress=False, **kwargs)
     assert (a / "labels.csv").read_text() == (b / "labels.csv").read_text()
     assert (a / "labels.csv").read_text() != (c / "labels.csv").read_text().replace("s8-", "s7-")
     for ra, rb, rc in zip(read_labels(a), read_labels(b), read_labels(c)):

@@ -225,7 +225,7 @@ def _plot_retrieval(clips: list, result: dict, labels: list[str] | None, path: P
 # ------------------------------------------------------------------------------------ pipeline
 
 
-def estimate_steps(cfg: Config, seconds: float, trials: int = 2) -> int:
+def estimate_steps(cfg: Config, seconds: float, trials: int = 1) -> int:
     """How many optimizer steps of ``cfg`` fit in ``seconds`` here: times forward + backward of
     the model on a random batch of the configured shape (the step count sets the learning-rate
     schedule and the progress bar; ``max_seconds`` still caps the run)."""

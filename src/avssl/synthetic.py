@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import csv
 import functools
 import json
@@ -478,12 +479,17 @@ one per CPU); the output does not depend on it. Same arguments -> same decoded c
                      sample_rate, str(sound_bank) if sound_bank is not None else None)
             for k in range(num_classes) for j in range(clips_per_class)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    with tqdm(total=len(jobs), desc="synthetic world", unit="clip", disable=not progress) as bar:
+    rows = []
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=len(jobs), desc="synthetic world", unit="clip", disable=not progress))
         if workers == 1:
-            rows = [bar.update(1) or _make_clip(job) for job in jobs]
+            made = map(_make_clip, jobs)
         else:
-            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-                rows = [bar.update(1) or row for row in pool.map(_make_clip, jobs, chunksize=4)]
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(workers))
+            made = pool.map(_make_clip, jobs, chunksize=4)
+        for row in made:
+            rows.append(row)
+            bar.update(1)
     with open(out_dir / "labels.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS)
         writer.writeheader()
