@@ -176,6 +176,7 @@ def test_fsdd_official_split(root):
         for ex in task.examples:
             assert ex.split == ("test" if int(ex.path.stem.split("_")[2]) < 5 else "train")
     assert [ex.path for ex in digits.examples] == [ex.path for ex in speakers.examples]
+    assert digits.audio_id == speakers.audio_id == "fsdd"  # same clips: one embedding cache
 
 
 def test_folder_cross_validation_is_stratified_and_fixed(root):

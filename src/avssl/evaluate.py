@@ -388,9 +388,9 @@ def embed_task(
     ref: ModelRef, task: Task, cache_dir: str | Path, *, batch_size: int = 32, progress: bool = True
 ) -> np.ndarray:
     """Embeddings ``float32[len(task.examples), D]`` in example order, from the cache
-    ``<cache_dir>/<model id>/<task>/<split>.npz`` where present (and matching the split's
+    ``<cache_dir>/<model id>/<task.audio_id>/<split>.npz`` where present (and matching the split's
     examples), else computed and cached per split."""
-    folder = Path(cache_dir) / ref.cache_id / _slug(task.name)
+    folder = Path(cache_dir) / ref.cache_id / _slug(task.audio_id)
     folder.mkdir(parents=True, exist_ok=True)
     parts: dict[str, np.ndarray] = {}
     for split in task.split_order:

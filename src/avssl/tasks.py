@@ -81,6 +81,7 @@ class Task:
     multilabel: bool = False
     description: str = ""
     split_order: list[str] = field(default_factory=list)
+    audio_id: str = ""  # tasks over the same clips share embeddings (cache folder); default: the name
 
     def __post_init__(self) -> None:
         if not self.examples:
@@ -92,6 +93,7 @@ class Task:
                 raise ValueError(f"task {self.name}: {ex.path} has labels {ex.labels}; classes are {self.classes}")
         if not self.split_order:
             self.split_order = list(dict.fromkeys(ex.split for ex in self.examples))
+        self.audio_id = self.audio_id or self.name
         for fold in self.folds:
             for s in (*fold.train, *fold.valid, *fold.test):
                 if s not in self.split_order:
@@ -200,6 +202,7 @@ def _fsdd(root: Path, target: str) -> Task:
         [Fold("official", ("train",), ("test",))],
         description=f"Free Spoken Digit Dataset, {target} ID; official split: recording index 0-4 test, 5-49 train",
         split_order=["train", "test"],
+        audio_id="fsdd",
     )
 
 
