@@ -134,3 +134,26 @@ def test_build_model_views_and_presets():
         build_model(load_config("tiny", ["model.preset=huge"]))
     with pytest.raises(ValueError, match="view"):
         build_model(load_config("tiny", ["model.views=[spec, text]"]))
+
+
+def test_spec_mask_only_in_training_and_seeded():
+    from avssl.models.spec import SpecMask
+
+    x = torch.randn(3, 1, 50, 16) + 5
+    mask = SpecMask(seed=1, masks=2, max_time=0.2, max_freq=4)
+    y = mask(x)
+    zeroed = y == 0
+    assert zeroed.any() and torch.equal(y[~zeroed], x[~zeroed])
+    # zeros form whole time rows or whole mel columns
+    rows, cols = zeroed.all(dim=3), zeroed.all(dim=2)
+    torch.testing.assert_close(zeroed, rows[..., None] | cols[:, :, None, :])
+    assert cols.sum(-1).le(8).all() and rows.sum(-1).le(20).all()
+    torch.testing.assert_close(SpecMask(seed=1, masks=2, max_time=0.2, max_freq=4)(x), y)
+    assert torch.equal(mask.eval()(x), x)
+    cfg = load_config("tiny", ["augment.spec_mask=true"])
+    tower = build_model(cfg).towers["spec"]
+    assert isinstance(tower.mask, SpecMask)
+    tower.eval()
+    plain = build_model(load_config("tiny")).towers["spec"]
+    plain.load_state_dict(tower.state_dict())
+    torch.testing.assert_close(plain.eval()(AUDIO), tower(AUDIO))

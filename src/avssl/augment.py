@@ -5,6 +5,9 @@ video correspondence matrix the loss uses as targets. :func:`augment` crops an a
 window and exactly its frames, then applies random resized crop, flip and colour jitter to the
 frames (the same for every frame of a clip) and a random gain to the audio.
 
+Spectrogram masking (``cfg.spec_mask``) is applied inside the spectrogram tower
+(:class:`avssl.models.spec.SpecMask`, training mode only), where the log-mel front-end lives.
+
 Random numbers are drawn on the generator's device and moved to the batch's device, so a CPU
 generator drives a CUDA batch reproducibly.
 """

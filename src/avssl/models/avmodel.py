@@ -69,11 +69,12 @@ def tower_name(view: str, preset: str, video_depth: int = 18) -> str:
 
 def build_model(cfg: Config) -> AVModel:
     """The towers in ``cfg.model.views`` at preset ``cfg.model.preset`` and width ``cfg.model.width``,
-    with projection heads to ``cfg.model.embed_dim``. Deterministic given the global torch seed only
-    through parameter init; callers seed with ``torch.manual_seed`` before building if they need it."""
+    with projection heads to ``cfg.model.embed_dim``; ``cfg.augment.spec_mask`` switches on the spec
+    tower's training-time masking. Parameter init uses torch's global RNG: seed it with
+    ``torch.manual_seed`` before building for reproducible weights."""
     m = cfg.model
     overrides = {
-        "spec": {"audio": cfg.audio},
+        "spec": {"audio": cfg.audio, "spec_mask": cfg.augment.spec_mask, "seed": cfg.train.seed},
         "wave": {"sample_rate": cfg.audio.sample_rate},
         "video": {"input_size": cfg.video.size},
     }

@@ -59,6 +59,35 @@ class ResBlock2d(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+class SpecMask(nn.Module):
+    """SpecAugment-style masking in training mode only: ``masks`` time stripes of up to
+    ``max_time`` (a fraction of the steps) and ``masks`` mel stripes of up to ``max_freq`` bins,
+    set to 0 (the per-bin mean after the tower's input BatchNorm). Random draws come from the
+    module's own generator (seeded with ``seed``, created on the input's device at first use)."""
+
+    def __init__(self, seed: int = 0, masks: int = 2, max_time: float = 0.1, max_freq: int = 8):
+        super().__init__()
+        self.seed, self.masks, self.max_time, self.max_freq = seed, masks, max_time, max_freq
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, T, M]`` -> the same with stripes zeroed (unchanged in eval mode)."""
+        if not self.training:
+            return x
+        if self.generator is None or self.generator.device != x.device:
+            self.generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        b, _, t, m = x.shape
+        keep = torch.ones(b, 1, t, m, device=x.device, dtype=x.dtype)
+        for axis, size, widest in ((2, t, max(1, int(self.max_time * t))), (3, m, min(self.max_freq, m))):
+            u = torch.rand(2, b, self.masks, generator=self.generator, device=x.device)
+            width = (u[0] * (widest + 1)).long()
+            start = (u[1] * (size - width + 1)).long()
+            pos = torch.arange(size, device=x.device)
+            hit = ((pos >= start[..., None]) & (pos < (start + width)[..., None])).any(dim=1)  # [B, size]
+            keep = keep * (~hit).to(x.dtype).view(b, 1, *((size, 1) if axis == 2 else (1, size)))
+        return x * keep
+
+
 class SpecTower(nn.Module):
     """Waveform ``float32[B, N]`` -> log-mel ``[B, 1, T, n_mels]`` -> 2-D CNN -> features.
 
@@ -67,6 +96,7 @@ class SpecTower(nn.Module):
     ``forward_features`` averages over frequency and returns ``[B, T', feature_dim]`` with one
     step every ``frame_hop_seconds`` (``hop_length * prod(pools) / sample_rate``; step ``i``
     summarises roughly seconds ``[i * hop, (i + 1) * hop)``); ``forward`` pools time (mean + max).
+    ``spec_mask`` adds :class:`SpecMask` (training mode only) after the input normalisation.
     """
 
     def __init__(
@@ -76,6 +106,8 @@ class SpecTower(nn.Module):
         pools: Sequence[int] = (2, 2, 2, 2),
         width: float = 1.0,
         block: str = "cnn14",
+        spec_mask: bool = False,
+        seed: int = 0,
     ):
         super().__init__()
         audio = audio or AudioConfig()
@@ -86,6 +118,7 @@ class SpecTower(nn.Module):
             raise ValueError(f"unknown spectrogram block {block!r}; use one of {sorted(blocks)}")
         self.logmel = LogMel(audio)
         self.bn0 = nn.BatchNorm2d(audio.n_mels)  # per-mel-bin normalisation, as in CNN14
+        self.mask = SpecMask(seed) if spec_mask else nn.Identity()
         widths = [scale_width(c, width) for c in channels]
         stem = [nn.Conv2d(1, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
         self.stem = nn.Sequential(*stem) if block == "resnet" else nn.Identity()
@@ -103,7 +136,7 @@ class SpecTower(nn.Module):
         with torch.autocast(device_type=wave.device.type, enabled=False):
             mel = self.logmel(wave.float())  # [B, M, T]; the front-end always runs in float32
         x = self.bn0(mel[..., None]).permute(0, 3, 2, 1)  # [B, 1, T, M]
-        x = self.blocks(self.stem(x))
+        x = self.blocks(self.stem(self.mask(x)))
         return x.mean(dim=3).transpose(1, 2)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
