@@ -130,9 +130,12 @@ def main() -> None:
     parser.add_argument("--e2e-steps", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="keep train.compile from the preset (slow start)")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"{machine(device)}; torch threads {torch.get_num_threads()}\n")
     for preset in args.presets:
@@ -168,7 +171,7 @@ def main() -> None:
                         break
                     tflops = flops / b * rate / 1e12
                     mfu = f"{100 * tflops / args.peak_tflops:.1f}%" if device.type == "cuda" else "n/a"
-                    need = f"{rate / rate1:.1f}" if rate1 else "n/a"
+                    need = f"{rate / rate1:.2f}" if rate1 else "n/a"
                     print(f"| {b} | {rate:.1f} | {1000 * b / rate:.0f} | {flops / b / 1e9:.2f} | {tflops:.2f} | {mfu} | {need} |")
                     torch.cuda.empty_cache() if device.type == "cuda" else None
                 print()

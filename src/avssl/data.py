@@ -384,7 +384,7 @@ class ShardLoader:
         n = stream.cfg.data.num_workers
         self.loader = torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=n, pin_memory=pin_memory,
-            prefetch_factor=4 if n > 0 else None, worker_init_fn=_worker_init if n > 0 else None,
+            prefetch_factor=2 if n > 0 else None,  # whole batches per worker: memory = workers x 2 x batch worker_init_fn=_worker_init if n > 0 else None,
         )
 
     def __iter__(self) -> Iterator[Batch]:

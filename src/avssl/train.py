@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint-prev.pt"
 AUDIO_VIEWS = ("spec", "wave")
-SECOND_CROP = "2"  # suffix of a view's embeddings on the second audio crop (two-crop runs)
+SECOND_CROP = "2"
+STOP_CHECK_EVERY = 10  # steps between the ranks' stop votes (signal / time limit) when distributed  # suffix of a view's embeddings on the second audio crop (two-crop runs)
 
 
 # ------------------------------------------------------------------------------- plan + optimizer
@@ -399,10 +400,12 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     max_seconds: float | None = None,
+    manifest: str | Path | None = None,
 ) -> Path:
     """Pretrain on the shards at ``data`` into the run folder ``out``; return ``out/checkpoint.pt``.
 
     Runs ``cfg.train.steps`` optimizer steps (continuing from ``out/checkpoint.pt`` when ``resume``).
+    ``data`` and ``manifest`` are as in :func:`avssl.data.resolve_shards`.
     Stops early, after saving a checkpoint, on SIGTERM/SIGINT or after ``max_seconds`` seconds
     of training. Under ``torchrun`` every rank calls this; only rank 0 writes files.
     Raises :class:`avssl.config.ConfigError`, :class:`avssl.data.DataError` or
@@ -420,7 +423,7 @@ def pretrain(
     start = int(state["step"]) if state is not None else 0
     loader = make_loader(
         data, cfg, rank=rank, world_size=world, start_batch=start, audio_crops=2 if two_crop else 1,
-        pin_memory=device.type == "cuda",
+        manifest=manifest, pin_memory=device.type == "cuda",
     )
     if state is not None and state.get("data_layout") != _data_layout(cfg, world):
         log.warning("resuming with another world size / worker count: the data order differs from an uninterrupted run")
@@ -477,8 +480,9 @@ def pretrain(
                 bar.update(1)
             over_time = max_seconds is not None and time.perf_counter() - t_start >= max_seconds
             stop_now = float(flag["signal"] is not None or over_time)
-            if world > 1:  # every rank stops at the same step, or the next collective hangs
-                stop_now = float(dist.all_reduce_mean(torch.tensor(stop_now, device=device)).item())
+            if world > 1:  # ranks agree on the stop step (else the next collective hangs); a sync, so not every step
+                stop_now = float(dist.all_reduce_mean(torch.tensor(stop_now, device=device)).item()) if (
+                    step % STOP_CHECK_EVERY == 0) else 0.0
             if stop_now > 0 and step < cfg.train.steps:
                 stopped = flag["signal"] or f"time limit {max_seconds}s"
                 break
@@ -527,6 +531,7 @@ def _log_row(step, sums, n, emb, optimizer, loader, world, wait, t_log) -> dict[
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="small", help="preset name (tiny | small | paper) or a YAML file")
     parser.add_argument("--data", required=True, help="shard folder, brace pattern of shards, or shard URLs")
+    parser.add_argument("--manifest", default=None, help="folder of manifest.json for --data URLs (default: beside the shards)")
     parser.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -536,7 +541,8 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
-    path = pretrain(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress, max_seconds=args.max_seconds)
+    path = pretrain(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress,
+                    max_seconds=args.max_seconds, manifest=args.manifest)
     if dist.is_main_process():
         log.info("checkpoint: %s", path)
     return 0
