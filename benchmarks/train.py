@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--parts", nargs="+", default=["loader", "trainer", "e2e"], choices=["loader", "trainer", "e2e"])
+    parts = ["loader", "trainer", "e2e"]
+    parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     parser.add_argument("--videos", type=int, default=16, help="generated videos (one clip each)")
     parser.add_argument("--loader-batches", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="timed trainer steps")
@@ -158,7 +159,8 @@ def main() -> None:
                     print(f"| {w} | {rate:.1f} | {rate / max(w, 1):.1f} |")
                 print()
             if "trainer" in args.parts:
-                print("| trainer batch | clips/s | step ms | GFLOP per clip | achieved TFLOP/s | MFU | loader workers needed |")
+                print("| trainer batch | clips/s | step ms | GFLOP per clip | achieved TFLOP/s | MFU "
+                      "| loader workers needed |")
                 print("|---:|---:|---:|---:|---:|---:|---:|")
                 sizes = [batch]
                 while args.max_batch and sizes[-1] * 2 <= args.max_batch:
@@ -172,7 +174,8 @@ def main() -> None:
                     tflops = flops / b * rate / 1e12
                     mfu = f"{100 * tflops / args.peak_tflops:.1f}%" if device.type == "cuda" else "n/a"
                     need = f"{rate / rate1:.2f}" if rate1 else "n/a"
-                    print(f"| {b} | {rate:.1f} | {1000 * b / rate:.0f} | {flops / b / 1e9:.2f} | {tflops:.2f} | {mfu} | {need} |")
+                    print(f"| {b} | {rate:.1f} | {1000 * b / rate:.0f} | {flops / b / 1e9:.2f} | {tflops:.3f} | {mfu} "
+                          f"| {need} |")
                     torch.cuda.empty_cache() if device.type == "cuda" else None
                 print()
             if "e2e" in args.parts:

@@ -131,7 +131,8 @@ def _rank_main(rank: int, world: int, port: int, shards: str, out: str) -> None:
     build, make_loss = train.build_model, train.PairLosses
     train.build_model = lambda cfg: built.append(build(cfg)) or built[-1]
     train.PairLosses = lambda cfg: losses.append(make_loss(cfg)) or losses[-1]
-    cfg = load_config("tiny", BASE + ["train.steps=3", "train.ckpt_every=2", "data.num_workers=0", "loss.learn_temperature=true"])
+    cfg = load_config("tiny", BASE + ["train.steps=3", "train.ckpt_every=2", "data.num_workers=0",
+                                      "loss.learn_temperature=true"])
     train.pretrain(cfg, shards, out, progress=False)
     torch.save(built[0].state_dict(), Path(out) / f"rank{rank}.pt")
     torch.save(losses[0].state_dict(), Path(out) / f"loss{rank}.pt")

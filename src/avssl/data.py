@@ -213,7 +213,9 @@ def crop_clip(
     return out, out_frames
 
 
-def collate(items: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]], frame_shape: tuple[int, int, int]) -> Batch:
+def collate(
+    items: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]], frame_shape: tuple[int, int, int]
+) -> Batch:
     """``[(key, audio[N], audio2[N] | None, frames[T, H, W, 3] | None), ...]`` -> :class:`Batch`.
 
     ``frame_shape`` is ``(T, H, W)``; frames are returned as ``uint8[B, T, 3, H, W]``
@@ -276,6 +278,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.seed, self.start_batch = seed, start_batch
         self.audio_crops, self.with_frames = audio_crops, with_frames
         self.slots = self.world_size * self.workers
+        # data.shuffle_buffer is per rank: the DataLoader interleaves its workers' buffers (raw samples
+        # of ~0.5 MB for 10 s clips: 4096 per worker would hold GBs)
+        self.buffer = max(1, cfg.data.shuffle_buffer // self.workers)
         self.split_shards = len(shards.urls) >= self.slots
 
     def _pass_plan(self, p: int, slot: int) -> tuple[list[int], bool]:
@@ -309,7 +314,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 continue
             got = False
             rng = _seed_rng(self.seed, p, slot, "buffer")
-            for sample in _buffer_shuffle(self._raw(p, slot), self.cfg.data.shuffle_buffer, rng):
+            for sample in _buffer_shuffle(self._raw(p, slot), self.buffer, rng):
                 got = True
                 if skip:
                     skip -= 1
@@ -347,7 +352,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         slot = self.rank * self.workers + w
         done = max(0, -(-(self.start_batch - w) // self.workers))  # batches g < start_batch with g % W == w
         bsz = self.cfg.data.batch_size
-        frame_shape = (int(round(self.cfg.data.crop_seconds * self.cfg.video.fps)), self.cfg.video.size, self.cfg.video.size)
+        size = self.cfg.video.size
+        frame_shape = (int(round(self.cfg.data.crop_seconds * self.cfg.video.fps)), size, size)
         items = []
         for sample in self.slot_samples(slot, done * bsz):
             try:
@@ -384,7 +390,8 @@ class ShardLoader:
         n = stream.cfg.data.num_workers
         self.loader = torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=n, pin_memory=pin_memory,
-            prefetch_factor=2 if n > 0 else None,  # whole batches per worker: memory = workers x 2 x batch worker_init_fn=_worker_init if n > 0 else None,
+            prefetch_factor=2 if n > 0 else None,  # whole batches per worker: memory = workers x 2 x batch
+            worker_init_fn=_worker_init if n > 0 else None,
         )
 
     def __iter__(self) -> Iterator[Batch]:
@@ -427,7 +434,8 @@ def make_loader(
     global_batch = cfg.data.batch_size * world_size
     epoch_batches = cfg.data.epoch_batches or max(1, total // global_batch)
     if shards.manifest is not None and total < global_batch:
-        log.warning("%s: %d samples are fewer than one global batch (%d); samples repeat within a batch", data, total, global_batch)
+        log.warning("%s: %d samples are fewer than one global batch (%d); samples repeat within a batch",
+                    data, total, global_batch)
     if with_frames is None:
         with_frames = "video" in cfg.model.views
     stream = ShardStream(
@@ -435,5 +443,6 @@ def make_loader(
         start_batch=start_batch, audio_crops=audio_crops, with_frames=with_frames,
     )
     if not stream.split_shards:
-        log.info("%d shard(s) < %d reader slots: every slot reads all shards and keeps its share of samples", len(shards.urls), stream.slots)
+        log.info("%d shard(s) < %d reader slots: every slot reads all shards and keeps its share of samples",
+                 len(shards.urls), stream.slots)
     return ShardLoader(stream, epoch_batches, pin_memory)

@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint-prev.pt"
 AUDIO_VIEWS = ("spec", "wave")
-SECOND_CROP = "2"
-STOP_CHECK_EVERY = 10  # steps between the ranks' stop votes (signal / time limit) when distributed  # suffix of a view's embeddings on the second audio crop (two-crop runs)
+SECOND_CROP = "2"  # suffix of a view's embeddings on the second audio crop (two-crop runs)
+STOP_CHECK_EVERY = 10  # steps between the ranks' stop votes (signal / time limit) when distributed
 
 
 # ------------------------------------------------------------------------------- plan + optimizer
@@ -270,7 +270,8 @@ class PairLosses(nn.Module):
         cross = [p for p in cfg.pairs if p not in self.self_pairs]
         self.losses = nn.ModuleDict()
         if cross:
-            self.losses["cross"] = ContrastiveLoss(replace(cfg, pairs=cross, weights={p: w for p, w in cfg.weights.items() if p in cross}))
+            weights = {p: w for p, w in cfg.weights.items() if p in cross}
+            self.losses["cross"] = ContrastiveLoss(replace(cfg, pairs=cross, weights=weights))
         for p in self.self_pairs:
             stand_in = f"{p.split('-')[0]}-{self._stand_in(p)}"
             weights = {stand_in: cfg.weights[p]} if p in cfg.weights else {}
@@ -306,9 +307,11 @@ def _augment_and_mix(batch: Batch, cfg: Config, generator: torch.Generator) -> t
     batch = augment(batch, cfg.augment, generator, crop, sr, fps)
     if batch.audio2 is None:
         return mix(batch, cfg.augment, generator)
-    audio2 = augment(replace(batch, audio=batch.audio2, frames=batch.frames[:, :0], audio2=None), cfg.augment, generator, crop, sr, fps).audio
+    second = replace(batch, audio=batch.audio2, frames=batch.frames[:, :0], audio2=None)
+    audio2 = augment(second, cfg.augment, generator, crop, sr, fps).audio
     n = batch.audio.shape[1]  # mix the two crops side by side: one partner and weight per clip
-    mixed, mix_matrix = mix(replace(batch, audio=torch.cat([batch.audio, audio2], dim=1), audio2=None), cfg.augment, generator)
+    both = replace(batch, audio=torch.cat([batch.audio, audio2], dim=1), audio2=None)
+    mixed, mix_matrix = mix(both, cfg.augment, generator)
     return replace(mixed, audio=mixed.audio[:, :n], audio2=mixed.audio[:, n:]), mix_matrix
 
 
@@ -321,7 +324,9 @@ class Trainer:
     checkpoints store); ``train_model`` the DDP / compiled wrapper that runs the forward pass.
     """
 
-    def __init__(self, cfg: Config, device: torch.device, *, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+    def __init__(
+        self, cfg: Config, device: torch.device, *, rank: int = 0, world: int = 1, local_rank: int = 0
+    ) -> None:
         if cfg.train.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.precision={cfg.train.precision!r}; use auto, bf16 or fp32")
         self.cfg, self.device, self.world = cfg, device, world
@@ -531,7 +536,7 @@ def _log_row(step, sums, n, emb, optimizer, loader, world, wait, t_log) -> dict[
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="small", help="preset name (tiny | small | paper) or a YAML file")
     parser.add_argument("--data", required=True, help="shard folder, brace pattern of shards, or shard URLs")
-    parser.add_argument("--manifest", default=None, help="folder of manifest.json for --data URLs (default: beside the shards)")
+    parser.add_argument("--manifest", default=None, help="folder of manifest.json for --data URLs (default: beside them)")
     parser.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
