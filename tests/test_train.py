@@ -185,6 +185,32 @@ def test_corrupt_checkpoint_is_reported_and_previous_kept(full_run, shards, tmp_
     assert load_checkpoint(out / "checkpoint-prev.pt")["step"] == 3
 
 
+def test_failed_save_keeps_the_previous_checkpoint(full_run, tmp_path, monkeypatch):
+    from avssl.train import _save
+
+    out = tmp_path / "copy"
+    shutil.copytree(full_run, out)
+
+    def disk_full(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        _save(out, {"config": {}, "model": {}, "step": 7})
+    monkeypatch.undo()
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 6
+    assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pretrain_on_cuda_bf16_channels_last(shards, tmp_path):
+    cfg = load_config("tiny", BASE + ["train.steps=3", "data.num_workers=1", "train.channels_last=true"])
+    path = pretrain(cfg, shards, tmp_path / "gpu", progress=False)  # precision auto: bf16 autocast on CUDA
+    assert all(math.isfinite(r["loss"]) for r in rows(tmp_path / "gpu"))
+    assert load_checkpoint(path)["step"] == 3
+
+
 def test_ablations_audio_only_two_crop_mixing_lars(shards, tmp_path):
     """Audio-only multi-format (spec-wave) plus two-crop (spec-spec), with mixup, under LARS."""
     cfg = load_config("tiny", BASE + ["train.steps=2", "model.views=[spec, wave]", "loss.pairs=[spec-wave, spec-spec]",
