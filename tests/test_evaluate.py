@@ -238,3 +238,33 @@ def test_real_fsdd_digits_logmel_far_above_chance(fsdd_logmel):
     assert summary["chance"] <= 0.15
     assert summary["mean"] > 0.8, summary  # ~0.95 measured; chance is 0.1
     assert confusion.sum() == 300 and np.trace(confusion) / 300 == pytest.approx(summary["mean"])
+
+
+def test_cli_suite_shared_on_a_tiny_copy_of_the_layout(tmp_path):
+    from avssl.cli import main
+
+    rng = np.random.default_rng(0)
+    t = np.arange(SR // 5) / SR
+
+    def write(path, f0):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        encode_audio(path, (0.3 * np.sin(2 * np.pi * f0 * t) + 0.01 * rng.normal(size=t.size)).astype(np.float32), SR)
+
+    for digit in range(2):
+        for s, spk in enumerate(("jackson", "theo")):
+            for idx in (0, 1, 5, 6, 7, 8):
+                write(tmp_path / "data" / "fsdd" / "recordings" / f"{digit}_{spk}_{idx}.wav", 300 + 400 * digit + 50 * s)
+    for c, cls in enumerate(("cello", "flute")):
+        for i in range(5):
+            write(tmp_path / "data" / "instruments" / cls / f"n{i}.mp3", 200 + 600 * c)
+    rc = main(["eval", "--suite", "shared", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+               "--seeds", "1", "--no-plots"])
+    assert rc == 0
+    recs = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["model"]) for r in recs] == [
+        (task, model) for task in ("fsdd-digits", "fsdd-speakers", "instruments") for model in ("logmel-stats", "mfcc-stats")]
+    assert {r["task"]: r["num_examples"] for r in recs} == {"fsdd-digits": 24, "fsdd-speakers": 24, "instruments": 10}
+    # fsdd-digits and fsdd-speakers share one cache of the same clips
+    assert sorted(p.parent.name for p in (tmp_path / "out" / "embeddings").rglob("train.npz")) == ["fsdd", "fsdd"]
+    assert main(["eval", "--task", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert main(["eval", "--task", "esc50", "--data-root", str(tmp_path), "--out", str(tmp_path / "x")]) == 2

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .audio import LogMel, load_audio, resample
 from .config import AudioConfig
-from .tasks import Example, Task, default_data_root, load_task, shared_tasks
+from .tasks import TASKS, Example, Task, default_data_root, load_task, shared_tasks
 
 log = logging.getLogger(__name__)
 
@@ -670,9 +670,17 @@ def run_eval(args: argparse.Namespace) -> int:
     if not models:
         log.error("no model given (and --no-baselines)")
         return 2
+    unknown = [t for t in tasks if t not in TASKS and not t.startswith(("folder:", "csv:"))]
+    if unknown:
+        log.error("unknown task(s) %s; tasks: %s, folder:PATH, csv:PATH", ", ".join(unknown), ", ".join(TASKS))
+        return 2
     t0 = time.perf_counter()
-    records = evaluate(models, tasks, data_root, args.out, seeds=args.seeds, device=args.device, view=args.view,
-                       cache_dir=args.cache_dir, batch_size=args.batch_size, plots=not args.no_plots)
+    try:
+        records = evaluate(models, tasks, data_root, args.out, seeds=args.seeds, device=args.device, view=args.view,
+                           cache_dir=args.cache_dir, batch_size=args.batch_size, plots=not args.no_plots)
+    except FileNotFoundError as e:  # missing checkpoint or dataset: the message says which and where
+        log.error("%s", e)
+        return 2
     log.info("%d results in %.1f s; table: %s\n%s", len(records), time.perf_counter() - t0,
              args.out / "results.md", markdown_table(records))
     return 0
