@@ -234,6 +234,9 @@ def test_cli_embed_collection_resume_and_split(tmp_path, tiny_ckpt, embedder, co
     assert all((out / o).stat().st_mtime_ns == m for o, m in mtimes.items())
     with pytest.raises(ValueError, match="other settings"):
         cli_main(args[:-5] + ["--hop", "0.2", "--device", "cpu", "--no-progress"])
+    other_ckpt = make_checkpoint(tmp_path / "other.pt", seed=3)
+    with pytest.raises(ValueError, match="another checkpoint"):
+        cli_main(["embed", str(other_ckpt), *args[2:]])
     split = tmp_path / "split"
     for rank in (0, 1):
         assert cli_main(["embed", str(tiny_ckpt), str(root), str(listing), "--out", str(split), "--device", "cpu",

@@ -302,6 +302,29 @@ def _node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]
     return num_nodes, node_rank
 
 
+def _sha1(path: str | Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_settings(out_dir: Path, settings: dict, **info: Any) -> None:
+    """Write ``out_dir/embed.json`` on the first run; on later runs (resume) refuse other ``settings``."""
+    path = out_dir / "embed.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in settings} != settings:
+            raise ValueError(f"{out_dir} holds embeddings made with other settings or another checkpoint ({path}: "
+                             f"{old}); use a new --out folder or delete the old one")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".embed.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**settings, **info, "avssl_version": __version__}, indent=1))
+    os.replace(tmp, path)
+
+
 def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
                      view: str = "spec", device: str | None = None, timestamps: bool = False, hop: float = 0.1,
                      num_nodes: int | None = None, node_rank: int | None = None, workers: int = 2,
@@ -319,20 +342,11 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     embedder = load_model(checkpoint, device=device, view=view)
-    params = {"checkpoint": str(Path(checkpoint).resolve()), "view": view, "timestamps": timestamps,
-              "hop": hop if timestamps else None, "sample_rate": embedder.sample_rate,
-              "embedding_dim": embedder.embedding_dim, "window_seconds": embedder.window / embedder.sample_rate}
-    params_file = out_dir / "embed.json"
-    if params_file.is_file():
-        old = json.loads(params_file.read_text())
-        if {k: old.get(k) for k in params} != params:
-            raise ValueError(f"{out_dir} holds embeddings made with other settings ({old}); use a new --out "
-                             "folder or delete the old one")
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = params_file.with_name(f".embed.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**params, "avssl_version": __version__}, indent=1))
-        os.replace(tmp, params_file)
+    _check_settings(out_dir, {
+        "checkpoint_sha1": _sha1(checkpoint), "view": view, "timestamps": timestamps,
+        "hop": hop if timestamps else None, "sample_rate": embedder.sample_rate, "embedding_dim": embedder.embedding_dim,
+        "window_seconds": embedder.window / embedder.sample_rate, "overlap": 1 - embedder.window_hop / embedder.window,
+    }, checkpoint=str(Path(checkpoint).resolve()))
 
     items = collect_inputs(inputs)[node_rank::num_nodes]
     rows, todo = [], []
