@@ -539,17 +539,26 @@ def markdown_table(records: list[dict]) -> str:
         "\n".join(notes) + "\n"
 
 
-def _pca2(x: np.ndarray) -> np.ndarray:
-    """Standardise, then project onto the first two principal components: ``[n, 2]``."""
-    x = (x - x.mean(0)) / np.where(x.std(0) > 1e-8, x.std(0), 1.0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return x @ vt[:2].T
+def project2d(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, str]:
+    """2-D view of ``x[test]``: linear discriminant analysis fitted on ``x[train]`` with labels
+    ``y`` (shrinkage, so it works for any dimension), or PCA when there are < 3 classes.
+    Returns (``float[len(test), 2]``, the method's name)."""
+    mean, std = x[train].mean(0), x[train].std(0)
+    z = (x - mean) / np.where(std > 1e-8, std, 1.0)
+    if len(np.unique(y[train])) >= 3:
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+        lda = LinearDiscriminantAnalysis(n_components=2, solver="eigen", shrinkage="auto").fit(z[train], y[train])
+        return lda.transform(z[test]), "LDA fitted on the training split, test clips shown"
+    _, _, vt = np.linalg.svd(z[train] - z[train].mean(0), full_matrices=False)
+    return z[test] @ vt[:2].T, "PCA of the training split, test clips shown"
 
 
 def write_plots(records: list[dict], figures: dict[str, dict[str, Any]], folder: str | Path) -> list[Path]:
     """``accuracy.png`` (headline metric per task, bars per model, std error bars, chance ticks),
     ``confusion-<task>.png`` (row-normalised, one panel per model; single-label tasks with at
-    most 40 classes) and ``projection-<task>.png`` (PCA of the embeddings, coloured by class)."""
+    most 40 classes) and ``projection-<task>.png`` (:func:`project2d` of the first fold's test
+    clips, coloured by class)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -561,7 +570,7 @@ def write_plots(records: list[dict], figures: dict[str, dict[str, Any]], folder:
     tasks = list(dict.fromkeys(r["task"] for r in records))
     models = list(dict.fromkeys(r["model"] for r in records))
     cell = {(r["model"], r["task"]): r for r in records}
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 + 0.6 * len(tasks) * len(models)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 2.5 + 0.6 * len(tasks) * len(models)), 4))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
         pos = [t + (i - (len(models) - 1) / 2) * width for t in range(len(tasks))]
@@ -577,7 +586,7 @@ def write_plots(records: list[dict], figures: dict[str, dict[str, Any]], folder:
                                       for t in tasks])
     ax.set_ylabel("test score, % (mean ± std)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("Linear probe on frozen embeddings")
     fig.tight_layout()
     written.append(folder / "accuracy.png")
@@ -604,14 +613,18 @@ def write_plots(records: list[dict], figures: dict[str, dict[str, Any]], folder:
             written.append(folder / f"confusion-{slug}.png")
             fig.savefig(written[-1], dpi=120)
             plt.close(fig)
-        rng = np.random.default_rng(0)
-        sel = np.sort(rng.permutation(len(task.examples))[:2000])
-        labels = np.array([task.classes.index(task.examples[i].labels[0]) for i in sel])
+        fold = task.folds[0]
+        train, test = task.indices(fold.train), task.indices(fold.test)
+        y = np.array([task.classes.index(ex.labels[0]) for ex in task.examples])  # first label if multi-label
         fig, axes = plt.subplots(1, len(per_model), figsize=(4.5 * len(per_model), 4.2), squeeze=False)
         for ax, (m, d) in zip(axes[0], per_model.items()):
-            p = _pca2(d["x"][sel])
-            sc = ax.scatter(p[:, 0], p[:, 1], c=labels, cmap="tab20" if k > 10 else "tab10", s=6, vmin=0,
+            p, method = project2d(d["x"], y, train, test)
+            sc = ax.scatter(p[:, 0], p[:, 1], c=y[test], cmap="tab20" if k > 10 else "tab10", s=8, vmin=0,
                             vmax=max(k - 1, 1))
+            lo, hi = np.percentile(p, [1, 99], axis=0)
+            pad = 0.1 * (hi - lo)
+            ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+            ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
             ax.set_title(m, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -620,7 +633,7 @@ def write_plots(records: list[dict], figures: dict[str, dict[str, Any]], folder:
                        for i, c in enumerate(task.classes)]
             fig.legend(handles=handles, loc="center right", fontsize=7)
             fig.subplots_adjust(right=0.85)
-        fig.suptitle(f"{name}: PCA of the embeddings, coloured by {'first label' if task.multilabel else 'class'}")
+        fig.suptitle(f"{name} ({fold.name}): {method}, coloured by class")
         written.append(folder / f"projection-{slug}.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
