@@ -157,28 +157,44 @@ def run_throughput(args: argparse.Namespace) -> dict:
     cfg = load_config(args.preset, args.set)
     result = dict(device=name, preset=args.preset, overrides=args.set, compile=not args.no_compile, channels_last=True,
                   dtype="bf16", torch=torch.__version__, peak_flops=peak)
-    # FLOPs per clip for one forward+backward, counted eagerly on CPU at batch 2 (linear in the batch)
+    # FLOPs per clip for one forward+backward, counted eagerly in float32 at batch 2 (linear in the batch)
     torch.manual_seed(0)
-    counter_model = build_model(cfg)
-    counter_loss = ContrastiveLoss(cfg.loss)
-    a2, f2 = clip_inputs(cfg, 2)
+    counter_model = build_model(cfg).to(device)
+    counter_loss = ContrastiveLoss(cfg.loss).to(device)
+    a2, f2 = clip_inputs(cfg, 2, device)
     train_flops_per_clip = count_flops(lambda: sum(counter_loss(counter_model(a2, f2)).values()).backward()) / 2
     del counter_model
     result["train_gflops_per_clip"] = train_flops_per_clip / 1e9
-    for batch in [b for b in (args.batch, args.batch // 2, args.batch // 4) if b >= 8]:
-        try:
-            step = _train_step_timing(cfg, batch, args, device, train_flops_per_clip, peak)
-        except torch.OutOfMemoryError as e:
-            step, reason = None, str(e).splitlines()[0]
+    batch = args.batch
+    while True:
+        step, error = _attempt(cfg, batch, args, device, train_flops_per_clip, peak)
+        gc.collect()  # frees a failed attempt's tensors
+        torch._dynamo.reset()
+        if cuda:
+            torch.cuda.empty_cache()
         if step is not None:
             result.update(step)
             break
-        print(f"batch {batch}: out of memory ({reason}); halving the batch", file=sys.stderr)
-        result.setdefault("oom_batches", []).append(batch)
-        gc.collect()  # the failed step's tensors are only freed once the exception is gone
-        torch._dynamo.reset()
-        torch.cuda.empty_cache()
+        if error.startswith("OutOfMemoryError") and batch >= 16:
+            print(f"batch {batch}: {error}; halving the batch", file=sys.stderr)
+            result.setdefault("oom_batches", []).append(batch)
+            batch //= 2
+        elif not args.no_compile:  # a compiler failure must not cost the whole run: report it, measure eagerly
+            print(f"torch.compile failed ({error}); measuring eagerly", file=sys.stderr)
+            result.update(compile=False, compile_error=error[:500])
+            args.no_compile = True
+        else:
+            raise RuntimeError(f"training step failed at batch {batch}: {error}")
     return result
+
+
+def _attempt(cfg: Config, batch: int, args: argparse.Namespace, device: torch.device, flops_per_clip: float,
+             peak: float | None) -> tuple[dict | None, str | None]:
+    """``_train_step_timing`` or ``(None, "ErrorType: message")``; the exception (and the memory it holds) is dropped."""
+    try:
+        return _train_step_timing(cfg, batch, args, device, flops_per_clip, peak), None
+    except Exception as e:
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _train_step_timing(cfg: Config, batch: int, args: argparse.Namespace, device: torch.device, flops_per_clip: float,
