@@ -49,6 +49,9 @@ def test_retrieval_metrics_on_planted_embeddings():
     shifted = retrieval(OneHot(10, perm=[(i + 1) % 10 for i in range(10)]), cfg, clips, labels=labels)
     assert shifted["top1"] == 0.0 and shifted["class_top1"] == 0.0
     assert shifted["similarity"].shape == (10, 10)
+    # a collapsed model (every video embeds the same) retrieves nothing: ties count against the query
+    collapsed = retrieval(OneHot(10, perm=[0] * 10), cfg, clips, labels=labels)
+    assert collapsed["top1"] == 0.0 and collapsed["top5"] == 0.0
 
 
 def test_demo_configs_differ_only_in_the_video():

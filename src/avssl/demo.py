@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ RUNS = {
 }
 EVAL_SHARE = 0.2  # share of the budget kept for evaluation, retrieval and the report
 RETRIEVAL_EXAMPLES = 6
+STEP_MARGIN = 1.3  # estimate_steps errs towards more steps: the time limit stops a run, not the step count
 
 
 def demo_configs(seed: int, clip_seconds: float, overrides: list[str] | None = None) -> dict[str, Config]:
@@ -102,7 +104,7 @@ def retrieval(model: torch.nn.Module, cfg: Config, clips: list, *, labels: list[
         video_emb.append(torch.nn.functional.normalize(emb["video"].float(), dim=-1))
     sim = (torch.cat(audio_emb) @ torch.cat(video_emb).T).numpy()
     n = len(clips)
-    ranks = (sim > sim[np.arange(n), np.arange(n)][:, None]).sum(1)
+    ranks = (sim >= sim[np.arange(n), np.arange(n)][:, None]).sum(1) - 1  # ties count against the query
     out = {"top1": float(np.mean(ranks == 0)), "top5": float(np.mean(ranks < 5)), "chance_top1": 1.0 / n,
            "chance_top5": min(5, n) / n, "num_clips": n, "ranks": ranks, "similarity": sim.astype(np.float32)}
     if labels is not None:
@@ -227,8 +229,9 @@ def _plot_retrieval(clips: list, result: dict, labels: list[str] | None, path: P
 
 def estimate_steps(cfg: Config, seconds: float, trials: int = 1) -> int:
     """How many optimizer steps of ``cfg`` fit in ``seconds`` here: times forward + backward of
-    the model on a random batch of the configured shape (the step count sets the learning-rate
-    schedule and the progress bar; ``max_seconds`` still caps the run)."""
+    the model on a random batch of the configured shape, times ``STEP_MARGIN`` (the step count
+    sets the learning-rate schedule and the progress bar; ``max_seconds`` caps the run, so an
+    overestimate only leaves the tail of the schedule unused)."""
     from .models import build_model
 
     b, crop = cfg.data.batch_size, cfg.data.crop_seconds
@@ -243,7 +246,7 @@ def estimate_steps(cfg: Config, seconds: float, trials: int = 1) -> int:
         torch.stack([e.square().mean() for e in emb.values()]).sum().backward()
         times.append(time.perf_counter() - t0)
     per_step = min(times[1:])  # the first call pays one-off allocation costs
-    return max(1, int(seconds / per_step))
+    return max(1, int(STEP_MARGIN * seconds / per_step))
 
 
 def _pretrain_runs(cfgs: dict[str, Config], shards: Path, runs_dir: Path, seconds_each: float,
@@ -300,6 +303,7 @@ def run_demo_pipeline(
     from .ingest import ingest
 
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     deadline = t_start + 60.0 * minutes
     out = Path(out)
     report = out / "report"
@@ -371,7 +375,7 @@ def run_demo_pipeline(
     model, cfg_run = _load_model(runs["audio-visual"]["checkpoint"])
     retrieval_rows = {
         "audio-visual": retrieval(model, cfg_run, clips, labels=labels, seed=seed),
-        "random-init": retrieval(_random_model(cfg_run, seed), cfg_run, clips, labels=labels, seed=seed),
+        "random-init": retrieval(_random_model(cfg_run, 0), cfg_run, clips, labels=labels, seed=seed),
     }
     timings["retrieval"] = time.perf_counter() - t0
 
@@ -391,6 +395,8 @@ def run_demo_pipeline(
         "retrieval": {n: {k: v for k, v in r.items() if k not in ("ranks", "similarity")}
                       for n, r in retrieval_rows.items()},
         "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_average_start": round(load_start, 2), "load_average_end": round(os.getloadavg()[0], 2)},
         "plots": {k: v.name for k, v in plots.items()},
     }
     (report / "results.json").write_text(json.dumps(results, indent=2))
@@ -433,10 +439,15 @@ def summary_markdown(results: dict[str, Any]) -> str:
         "# avssl demo", "",
         f"Data: {source}.", f"Budget: {results['minutes']} min; ran in {results['timings_seconds']['total']:.0f} s "
         f"(stages, s: {', '.join(f'{k} {v}' for k, v in results['timings_seconds'].items() if k != 'total')}).", "",
+        f"Machine: {results['machine']['cpus']} CPUs, {results['machine']['torch_threads']} torch threads, 1-minute "
+        f"load average {results['machine']['load_average_start']} at the start, {results['machine']['load_average_end']} "
+        "at the end (a loaded machine buys fewer steps in the same budget).", "",
         "## Results", "", results_table(results), "",
-        "Probe: linear classifier on frozen `spec` embeddings of the held-out clips (avssl.evaluate protocol, "
-        "mean ± std over seeds). Retrieval: each held-out clip's audio ranks all held-out videos; top-k = its own "
-        "video among the first k. random-init: (a)'s architecture, untrained.", "",
+        "Probe: linear classifier on frozen `spec` embeddings, trained on the training clips and tested on the "
+        "held-out clips (avssl.evaluate protocol, mean ± std over seeds). Retrieval: each "
+        f"{'held-out' if w is not None else 'ingested'} clip's audio (spec view) ranks all those clips' videos; "
+        "top-k = its own video among the first k (ties count against it). random-init: (a)'s architecture, "
+        "untrained.", "",
     ]
     for name, r in results["retrieval"].items():
         if "class_top1" in r:
