@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 def scale_width(channels: int, width: float) -> int:
@@ -15,3 +17,22 @@ def scale_width(channels: int, width: float) -> int:
 def pool_time(features: torch.Tensor) -> torch.Tensor:
     """``[B, T', F]`` -> ``[B, F]``: mean plus max over time (CNN14's clip-level pooling)."""
     return features.mean(dim=1) + features.amax(dim=1)
+
+
+class ResBlock(nn.Module):
+    """Residual block of two kernel-3 convs with BN, 1-D (``dims=1``) or 2-D (``dims=2``), and a
+    shortcut that is a 1x1 conv + BN where the widths differ."""
+
+    def __init__(self, cin: int, cout: int, dims: int):
+        super().__init__()
+        conv, bn = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d)}[dims]
+        self.conv1 = conv(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = bn(cout)
+        self.conv2 = conv(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = bn(cout)
+        self.shortcut = nn.Identity() if cin == cout else nn.Sequential(conv(cin, cout, 1, bias=False), bn(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))

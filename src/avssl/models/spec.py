@@ -16,7 +16,7 @@ from torch import nn
 
 from ..audio import LogMel
 from ..config import AudioConfig
-from .layers import pool_time, scale_width
+from .layers import ResBlock, pool_time, scale_width
 from .registry import register_model
 
 
@@ -39,24 +39,10 @@ class ConvBlock2d(nn.Module):
         return x
 
 
-class ResBlock2d(nn.Module):
-    """ResNet basic block on log-mel: optional ``pool x pool`` average pooling, then two 3x3 convs + shortcut."""
-
-    def __init__(self, cin: int, cout: int, pool: int):
-        super().__init__()
-        self.pool = pool
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool > 1:
-            x = F.avg_pool2d(x, self.pool, ceil_mode=True)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+def res_block_2d(cin: int, cout: int, pool: int) -> nn.Module:
+    """ResNet block on log-mel: ``pool x pool`` average pooling (if > 1), then a 2-D :class:`ResBlock`."""
+    pooling = nn.AvgPool2d(pool, ceil_mode=True) if pool > 1 else nn.Identity()
+    return nn.Sequential(pooling, ResBlock(cin, cout, dims=2))
 
 
 class SpecMask(nn.Module):
@@ -113,7 +99,7 @@ class SpecTower(nn.Module):
         audio = audio or AudioConfig()
         if len(channels) != len(pools):
             raise ValueError(f"channels {tuple(channels)} and pools {tuple(pools)} must have the same length")
-        blocks = {"cnn14": ConvBlock2d, "resnet": ResBlock2d}
+        blocks = {"cnn14": ConvBlock2d, "resnet": res_block_2d}
         if block not in blocks:
             raise ValueError(f"unknown spectrogram block {block!r}; use one of {sorted(blocks)}")
         self.logmel = LogMel(audio)

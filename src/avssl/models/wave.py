@@ -7,28 +7,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import pool_time, scale_width
+from .layers import ResBlock, pool_time, scale_width
 from .registry import register_model
-
-
-class ResBlock1d(nn.Module):
-    """Two kernel-3 convs with BN and a (1x1-projected where widths differ) shortcut."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv1 = nn.Conv1d(cin, cout, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm1d(cout)
-        self.conv2 = nn.Conv1d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm1d(cout)
-        self.shortcut = nn.Sequential() if cin == cout else nn.Sequential(nn.Conv1d(cin, cout, 1, bias=False), nn.BatchNorm1d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
 
 
 class WaveTower(nn.Module):
@@ -58,7 +40,7 @@ class WaveTower(nn.Module):
             if pool > 1:
                 layers.append(nn.MaxPool1d(pool, ceil_mode=True))
             for _ in range(blocks):
-                layers.append(ResBlock1d(cin, cout))
+                layers.append(ResBlock(cin, cout, dims=1))
                 cin = cout
         self.blocks = nn.Sequential(*layers)
         self.feature_dim: int = cin
