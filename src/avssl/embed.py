@@ -327,8 +327,8 @@ def _check_settings(out_dir: Path, settings: dict, **info: Any) -> None:
 
 def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
                      view: str = "spec", device: str | None = None, timestamps: bool = False, hop: float = 0.1,
-                     num_nodes: int | None = None, node_rank: int | None = None, workers: int = 2,
-                     progress: bool = True) -> list[dict]:
+                     overlap: float = 0.5, num_nodes: int | None = None, node_rank: int | None = None,
+                     workers: int = 2, progress: bool = True) -> list[dict]:
     """Embed every file in ``inputs`` (see :func:`collect_inputs`) into ``out_dir``; return the index rows.
 
     One ``.npz`` per input under ``out_dir/embeddings/`` with ``embedding`` float32[D] and ``seconds`` (the
@@ -341,7 +341,7 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     num_nodes, node_rank = _node_split(num_nodes, node_rank)
     if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
-    embedder = load_model(checkpoint, device=device, view=view)
+    embedder = load_model(checkpoint, device=device, view=view, overlap=overlap)
     _check_settings(out_dir, {
         "checkpoint_sha1": _sha1(checkpoint), "view": view, "timestamps": timestamps,
         "hop": hop if timestamps else None, "sample_rate": embedder.sample_rate, "embedding_dim": embedder.embedding_dim,
@@ -429,6 +429,8 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (re-running with the same one resumes)")
     p.add_argument("--timestamps", action="store_true", help="also store time-resolved embeddings")
     p.add_argument("--hop", type=float, default=0.1, help="seconds between timestamp embeddings (default 0.1)")
+    p.add_argument("--overlap", type=float, default=0.5,
+                   help="fraction shared by consecutive windows on long audio (default 0.5; 0 = half the work)")
     p.add_argument("--view", default="spec", choices=AUDIO_VIEWS, help="which audio tower (default spec)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--num-nodes", type=int, default=None, help="split the inputs across this many processes")
@@ -439,7 +441,7 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_embed(args: argparse.Namespace) -> int:
     rows = embed_collection(args.checkpoint, args.inputs, args.out, view=args.view, device=args.device,
-                            timestamps=args.timestamps, hop=args.hop, num_nodes=args.num_nodes,
+                            timestamps=args.timestamps, hop=args.hop, overlap=args.overlap, num_nodes=args.num_nodes,
                             node_rank=args.node_rank, workers=args.workers, progress=not args.no_progress)
     return 0 if any(r["status"] != "skipped" for r in rows) or not rows else 1
 
