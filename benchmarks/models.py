@@ -56,7 +56,7 @@ def clip_inputs(cfg: Config, batch: int, device: str = "cpu") -> tuple[torch.Ten
 
 
 def tower_table(seconds: float = 3.0, fps: float = 10.0) -> list[dict]:
-    """Params and forward GFLOPs per clip (``seconds`` of 16 kHz audio / ``seconds * fps`` frames) of every preset tower."""
+    """Params and forward GFLOPs per clip (``seconds`` of 16 kHz audio, ``seconds * fps`` frames) of each tower."""
     rows = []
     audio = torch.randn(1, int(seconds * 16000))
     for preset in ("tiny", "small", "paper"):
@@ -65,7 +65,9 @@ def tower_table(seconds: float = 3.0, fps: float = 10.0) -> list[dict]:
             model = create_model(name).eval()
             with torch.no_grad():
                 flops = count_flops(model, audio)
-            rows.append(dict(tower=name, view=view, input=f"{seconds:g} s audio", params=_params(model), gflops=flops / 1e9))
+            rows.append(
+                dict(tower=name, view=view, input=f"{seconds:g} s audio", params=_params(model), gflops=flops / 1e9)
+            )
         for depth in (18, 50):
             for size in RESOLUTIONS:
                 name = tower_name("video", preset, depth)
@@ -73,8 +75,15 @@ def tower_table(seconds: float = 3.0, fps: float = 10.0) -> list[dict]:
                 frames = torch.empty(1, int(seconds * fps), 3, size, size, device="meta")
                 with torch.no_grad():
                     flops = count_flops(model, frames)
-                rows.append(dict(tower=name, view="video", input=f"{int(seconds * fps)} x {size} px", params=_params(model),
-                                 gflops=flops / 1e9))
+                rows.append(
+                    dict(
+                        tower=name,
+                        view="video",
+                        input=f"{int(seconds * fps)} x {size} px",
+                        params=_params(model),
+                        gflops=flops / 1e9,
+                    )
+                )
     return rows
 
 
@@ -113,9 +122,21 @@ def cpu_step(preset: str, batch: int | None, steps: int, threads: int) -> dict:
         times.append(time.perf_counter() - t0)
     sec = statistics.median(times[1:])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(preset=preset, batch=batch, crop_seconds=cfg.data.crop_seconds, frames=frames.shape[1], size=cfg.video.size,
-                params=_params(model), step_s=sec, clips_per_s=batch / sec, step_gflops=step_flops / 1e9,
-                gflops_per_s=step_flops / sec / 1e9, peak_rss_mib=peak, peak_over_idle_mib=peak - idle, threads=threads)
+    return dict(
+        preset=preset,
+        batch=batch,
+        crop_seconds=cfg.data.crop_seconds,
+        frames=frames.shape[1],
+        size=cfg.video.size,
+        params=_params(model),
+        step_s=sec,
+        clips_per_s=batch / sec,
+        step_gflops=step_flops / 1e9,
+        gflops_per_s=step_flops / sec / 1e9,
+        peak_rss_mib=peak,
+        peak_over_idle_mib=peak - idle,
+        threads=threads,
+    )
 
 
 def run_cpu(args: argparse.Namespace) -> dict:
@@ -131,14 +152,35 @@ def run_cpu(args: argparse.Namespace) -> dict:
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:  # fresh process: clean peak memory
             steps.append(pool.submit(cpu_step, preset, batch, args.steps, args.threads).result())
     base = steps[0]["step_s"] if steps else 1.0
-    print("\n| preset | batch | clip | params (M) | step (s) | x tiny | clips/s | GFLOP/step | GFLOP/s | peak RSS (MiB) | peak - idle (MiB) |")
+    print(
+        "\n| preset | batch | clip | params (M) | step (s) | x tiny | clips/s | GFLOP/step | GFLOP/s "
+        "| peak RSS (MiB) | peak - idle (MiB) |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in steps:
-        print(f"| {r['preset']} | {r['batch']} | {r['crop_seconds']:g} s, {r['frames']} x {r['size']} px | {r['params'] / 1e6:.2f} | "
-              f"{r['step_s']:.3f} | {r['step_s'] / base:.1f} | {r['clips_per_s']:.1f} | {r['step_gflops']:.1f} | "
-              f"{r['gflops_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['peak_over_idle_mib']:.0f} |")
-    return dict(device="cpu", machine=platform.processor() or platform.machine(), threads=args.threads,
-                torch=torch.__version__, towers=towers, steps=steps)
+        print(
+            f"| {r['preset']} | {r['batch']} | {r['crop_seconds']:g} s, {r['frames']} x {r['size']} px "
+            f"| {r['params'] / 1e6:.2f} | "
+            f"{r['step_s']:.3f} | {r['step_s'] / base:.1f} | {r['clips_per_s']:.1f} | {r['step_gflops']:.1f} | "
+            f"{r['gflops_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['peak_over_idle_mib']:.0f} |"
+        )
+    return dict(
+        device="cpu",
+        machine=platform.processor() or platform.machine(),
+        threads=args.threads,
+        torch=torch.__version__,
+        towers=towers,
+        steps=steps,
+    )
+
+
+def train_flops_per_clip_of(cfg: Config, device: torch.device) -> float:
+    """Forward+backward FLOPs of the model and loss per clip, counted eagerly in float32 at batch 2 (linear in B)."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    loss_fn = ContrastiveLoss(cfg.loss).to(device)
+    audio, frames = clip_inputs(cfg, 2, device)
+    return count_flops(lambda: sum(loss_fn(model(audio, frames)).values()).backward()) / 2
 
 
 def run_throughput(args: argparse.Namespace) -> dict:
@@ -155,15 +197,17 @@ def run_throughput(args: argparse.Namespace) -> dict:
     name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
     peak = args.peak_flops or next((v for k, v in PEAK_BF16.items() if k in name), None)
     cfg = load_config(args.preset, args.set)
-    result = dict(device=name, preset=args.preset, overrides=args.set, compile=not args.no_compile, channels_last=True,
-                  dtype="bf16", torch=torch.__version__, peak_flops=peak)
-    # FLOPs per clip for one forward+backward, counted eagerly in float32 at batch 2 (linear in the batch)
-    torch.manual_seed(0)
-    counter_model = build_model(cfg).to(device)
-    counter_loss = ContrastiveLoss(cfg.loss).to(device)
-    a2, f2 = clip_inputs(cfg, 2, device)
-    train_flops_per_clip = count_flops(lambda: sum(counter_loss(counter_model(a2, f2)).values()).backward()) / 2
-    del counter_model
+    result = dict(
+        device=name,
+        preset=args.preset,
+        overrides=args.set,
+        compile=not args.no_compile,
+        channels_last=True,
+        dtype="bf16",
+        torch=torch.__version__,
+        peak_flops=peak,
+    )
+    train_flops_per_clip = train_flops_per_clip_of(cfg, device)
     result["train_gflops_per_clip"] = train_flops_per_clip / 1e9
     batch = args.batch
     while True:
@@ -188,17 +232,19 @@ def run_throughput(args: argparse.Namespace) -> dict:
     return result
 
 
-def _attempt(cfg: Config, batch: int, args: argparse.Namespace, device: torch.device, flops_per_clip: float,
-             peak: float | None) -> tuple[dict | None, str | None]:
-    """``_train_step_timing`` or ``(None, "ErrorType: message")``; the exception (and the memory it holds) is dropped."""
+def _attempt(
+    cfg: Config, batch: int, args: argparse.Namespace, device: torch.device, flops_per_clip: float, peak: float | None
+) -> tuple[dict | None, str | None]:
+    """``_train_step_timing`` or ``(None, "ErrorType: message")``; the exception and its memory are dropped."""
     try:
         return _train_step_timing(cfg, batch, args, device, flops_per_clip, peak), None
     except Exception as e:
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def _train_step_timing(cfg: Config, batch: int, args: argparse.Namespace, device: torch.device, flops_per_clip: float,
-                       peak: float | None) -> dict:
+def _train_step_timing(
+    cfg: Config, batch: int, args: argparse.Namespace, device: torch.device, flops_per_clip: float, peak: float | None
+) -> dict:
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     model = build_model(cfg).to(device).to(memory_format=torch.channels_last).train()
@@ -232,26 +278,43 @@ def _train_step_timing(cfg: Config, batch: int, args: argparse.Namespace, device
     sync()
     sec = (time.perf_counter() - t0) / args.steps
     achieved = flops_per_clip * batch / sec
-    return dict(batch=batch, step_s=sec, clips_per_s=batch / sec, achieved_tflops=achieved / 1e12,
-                mfu=achieved / peak if peak else None, warmup_s=warm_s,
-                peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else None, loss=float(loss.detach()),
-                frames=frames.shape[1], size=cfg.video.size, crop_seconds=cfg.data.crop_seconds)
+    return dict(
+        batch=batch,
+        step_s=sec,
+        clips_per_s=batch / sec,
+        achieved_tflops=achieved / 1e12,
+        mfu=achieved / peak if peak else None,
+        warmup_s=warm_s,
+        peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        loss=float(loss.detach()),
+        frames=frames.shape[1],
+        size=cfg.video.size,
+        crop_seconds=cfg.data.crop_seconds,
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--presets", nargs="+", default=["tiny", "small"], help="CPU: presets to time (tiny first: the baseline)")
+    p.add_argument(
+        "--presets", nargs="+", default=["tiny", "small"], help="CPU: presets to time (tiny first: the baseline)"
+    )
     p.add_argument("--paper-batch", type=int, default=2, help="CPU: batch for the paper preset if listed")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 5 on CPU, 10 for throughput)")
-    p.add_argument("--throughput", action="store_true", help="run the training-throughput mode on --device (CPU smoke test)")
+    p.add_argument(
+        "--throughput", action="store_true", help="run the training-throughput mode on --device (CPU smoke test)"
+    )
     p.add_argument("--preset", default="paper", help="CUDA: preset to time")
     p.add_argument("--batch", type=int, default=512, help="CUDA: batch (halved on out-of-memory)")
     p.add_argument("--warmup", type=int, default=3, help="CUDA: untimed steps (compilation happens here)")
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--set", action="append", default=[], metavar="A.B=C", help="CUDA: config override, e.g. video.fps=5")
-    p.add_argument("--peak-flops", type=float, default=None, help="CUDA: peak dense bf16 FLOP/s (default from the card name)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="A.B=C", help="CUDA: config override, e.g. video.fps=5"
+    )
+    p.add_argument(
+        "--peak-flops", type=float, default=None, help="CUDA: peak dense bf16 FLOP/s (default from the card name)"
+    )
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available")

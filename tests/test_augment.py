@@ -19,8 +19,6 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-
-
 @pytest.mark.parametrize("mode", ["none", "mixup", "mixback"])
 @pytest.mark.parametrize("audio,video", [(True, True), (True, False), (False, True)])
 def test_mix_matrix_is_row_stochastic(mode, audio, video):
@@ -57,8 +55,12 @@ def test_video_only_mixup_gives_transposed_targets():
 
 def test_lambda_one_is_the_identity():
     batch = _batch()
-    for cfg in (AugmentConfig(mix="mixup", mix_prob=0.0), AugmentConfig(mix="mixup", mix_alpha=0.0),
-                AugmentConfig(mix="mixback", mixback_max=0.0), AugmentConfig(mix="none")):
+    for cfg in (
+        AugmentConfig(mix="mixup", mix_prob=0.0),
+        AugmentConfig(mix="mixup", mix_alpha=0.0),
+        AugmentConfig(mix="mixback", mixback_max=0.0),
+        AugmentConfig(mix="none"),
+    ):
         mixed, corr = mix(batch, cfg, _gen())
         torch.testing.assert_close(corr, torch.eye(6))
         torch.testing.assert_close(mixed.audio, batch.audio)
@@ -125,7 +127,9 @@ def test_frame_augment_flip_gain_and_range():
     out = augment(batch, cfg, _gen(1), 0.125, 1600, 16)
     src = batch.frames[:, :2].float() / 255
     for i in range(4):
-        assert torch.allclose(out.frames[i], src[i], atol=1e-5) or torch.allclose(out.frames[i], src[i].flip(-1), atol=1e-5)
+        assert torch.allclose(out.frames[i], src[i], atol=1e-5) or torch.allclose(
+            out.frames[i], src[i].flip(-1), atol=1e-5
+        )
     ratio = out.audio.norm(dim=1) / batch.audio[:, :200].norm(dim=1)
     assert ((ratio >= 10 ** (-6 / 20) - 1e-4) & (ratio <= 10 ** (6 / 20) + 1e-4)).all()
     jit = augment(batch, AugmentConfig(color_jitter=0.4), _gen(1), 0.125, 1600, 16)

@@ -32,7 +32,9 @@ def _data():
 def _run(inputs, weights, mix, local_loss, learn_temperature=True):
     """Loss terms and gradients (model weights + temperature) for one process's share of the batch."""
     params = {v: w.clone().requires_grad_(True) for v, w in weights.items()}
-    loss_fn = ContrastiveLoss(LossConfig(pairs=PAIRS, temperature=0.2, local_loss=local_loss, learn_temperature=learn_temperature))
+    loss_fn = ContrastiveLoss(
+        LossConfig(pairs=PAIRS, temperature=0.2, local_loss=local_loss, learn_temperature=learn_temperature)
+    )
     emb = {v: x @ params[v] for v, x in inputs.items()}
     terms = loss_fn(emb, mix)
     sum(terms.values()).backward()

@@ -23,7 +23,7 @@ def reference_loss(emb, pairs, weights, temperature, corr=None):
             for i in range(n):
                 logits = [sum(p * q for p, q in zip(z[src][i], z[dst][j])) / temperature for j in range(n)]
                 m = max(logits)
-                lse = m + math.log(sum(math.exp(l - m) for l in logits))
+                lse = m + math.log(sum(math.exp(x - m) for x in logits))
                 row = cc[i]
                 s = sum(row)
                 total += -sum((t / s) * (logits[j] - lse) for j, t in enumerate(row)) / n
@@ -47,8 +47,12 @@ def _mixup_matrix(n, seed=0):
 
 @pytest.mark.parametrize("local_loss", [False, True])
 def test_loss_matches_float64_reference(local_loss):
-    cfg = LossConfig(pairs=["spec-video", "wave-video", "spec-wave"], weights={"spec-wave": 0.5}, temperature=0.2,
-                     local_loss=local_loss)
+    cfg = LossConfig(
+        pairs=["spec-video", "wave-video", "spec-wave"],
+        weights={"spec-wave": 0.5},
+        temperature=0.2,
+        local_loss=local_loss,
+    )
     emb = _emb()
     got = ContrastiveLoss(cfg)(emb)
     want = reference_loss(emb, cfg.pairs, cfg.weights, 0.2)
@@ -74,7 +78,9 @@ def test_perfectly_aligned_embeddings_give_low_loss_and_scale_invariance():
     loss = ContrastiveLoss(LossConfig(pairs=["spec-video"], temperature=0.05))
     z = torch.eye(8)
     aligned = loss({"spec": z, "video": 7 * z})["nce/spec-video"]
-    shuffled = loss({"spec": z, "video": z[torch.randperm(8, generator=torch.Generator().manual_seed(0))]})["nce/spec-video"]
+    shuffled = loss({"spec": z, "video": z[torch.randperm(8, generator=torch.Generator().manual_seed(0))]})[
+        "nce/spec-video"
+    ]
     assert aligned.item() < 1e-6 < shuffled.item()
 
 

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -12,7 +10,9 @@ AUDIO = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))  # 0.5 
 
 def _input(model, size=32, frames=3):
     if isinstance(model, VideoTower):
-        return torch.randint(0, 256, (2, frames, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        return torch.randint(
+            0, 256, (2, frames, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+        )
     return AUDIO
 
 
@@ -115,7 +115,9 @@ def test_build_model_tiny_forward():
     audio = torch.randn(4, n)
     frames = torch.randint(0, 256, (4, t, 3, cfg.video.size, cfg.video.size), dtype=torch.uint8)
     out = model(audio, frames)
-    assert {k: tuple(v.shape) for k, v in out.items()} == {v: (4, cfg.model.embed_dim) for v in ("spec", "wave", "video")}
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        v: (4, cfg.model.embed_dim) for v in ("spec", "wave", "video")
+    }
     assert set(model(audio, None)) == {"spec", "wave"}
     model.eval()
     torch.testing.assert_close(model(audio, None)["spec"], model.heads["spec"](model.towers["spec"](audio)))

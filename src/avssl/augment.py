@@ -97,9 +97,18 @@ def mix(batch: Batch, cfg: AugmentConfig, generator: torch.Generator) -> tuple[B
     return mixed, weights.T / weights.T.sum(dim=1, keepdim=True)
 
 
-def _crop_starts(num_audio: int, num_frames: int, crop_samples: int, crop_frames: int, rate: float, fps: float,
-                 n: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example start sample and start frame of an aligned window (frame ``f`` starts at sample ``f * rate / fps``)."""
+def _crop_starts(
+    num_audio: int,
+    num_frames: int,
+    crop_samples: int,
+    crop_frames: int,
+    rate: float,
+    fps: float,
+    n: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example start sample and start frame of an aligned window (frame ``f`` starts at ``f * rate / fps``)."""
     u = _rand(generator, n, device)
     if num_frames == 0:
         a0 = (u * (num_audio - crop_samples + 1)).long().clamp(max=num_audio - crop_samples)
@@ -110,8 +119,9 @@ def _crop_starts(num_audio: int, num_frames: int, crop_samples: int, crop_frames
     return a0, f0
 
 
-def augment(batch: Batch, cfg: AugmentConfig, generator: torch.Generator, crop_seconds: float, sample_rate: int,
-            fps: float) -> Batch:
+def augment(
+    batch: Batch, cfg: AugmentConfig, generator: torch.Generator, crop_seconds: float, sample_rate: int, fps: float
+) -> Batch:
     """Per-example augmentation; returns frames as float32 in [0, 1].
 
     1. Aligned random time crop: ``crop_seconds`` of audio and exactly its ``round(crop_seconds * fps)``
@@ -133,8 +143,17 @@ def augment(batch: Batch, cfg: AugmentConfig, generator: torch.Generator, crop_s
     if has_frames and frames.shape[1] < crop_frames:
         pad = frames[:, -1:].expand(-1, crop_frames - frames.shape[1], -1, -1, -1)
         frames = torch.cat([frames, pad], dim=1)
-    a0, f0 = _crop_starts(audio.shape[1], frames.shape[1] if has_frames else 0, crop_samples, crop_frames,
-                          sample_rate, fps, n, generator, device)
+    a0, f0 = _crop_starts(
+        audio.shape[1],
+        frames.shape[1] if has_frames else 0,
+        crop_samples,
+        crop_frames,
+        sample_rate,
+        fps,
+        n,
+        generator,
+        device,
+    )
     audio = torch.gather(audio, 1, a0[:, None] + torch.arange(crop_samples, device=device))
     frames = as_float_frames(frames)
     if has_frames:
@@ -159,12 +178,17 @@ def _frame_augment(frames: torch.Tensor, cfg: AugmentConfig, generator: torch.Ge
         sy = torch.sqrt(area / log_ratio.exp()).clamp(max=1.0)
         cx = (1 - sx) * (2 * _rand(generator, n, device) - 1)  # crop centre in [-1, 1] coordinates
         cy = (1 - sy) * (2 * _rand(generator, n, device) - 1)
-        flip = torch.where(_rand(generator, n, device) < 0.5, -1.0, 1.0) if cfg.frame_flip else torch.ones(n, device=device)
+        flip = (
+            torch.where(_rand(generator, n, device) < 0.5, -1.0, 1.0)
+            if cfg.frame_flip
+            else torch.ones(n, device=device)
+        )
         zero = torch.zeros(n, device=device)
         theta = torch.stack([torch.stack([sx * flip, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1)  # [B, 2, 3]
         grid = F.affine_grid(theta, [n, t * c, h, w], align_corners=False)
-        frames = F.grid_sample(frames.reshape(n, t * c, h, w), grid, mode="bilinear", padding_mode="border",
-                               align_corners=False).view(n, t, c, h, w)
+        frames = F.grid_sample(
+            frames.reshape(n, t * c, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False
+        ).view(n, t, c, h, w)
     if cfg.color_jitter > 0:
         j = cfg.color_jitter
         bright, contrast, sat = ((1 - j + 2 * j * _rand(generator, n, device)).view(n, 1, 1, 1, 1) for _ in range(3))

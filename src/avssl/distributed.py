@@ -49,7 +49,9 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
     if world_size > 1 and not is_initialized():
         backend = "nccl" if cuda else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-        log.info("rank %d/%d (local %d) joined the %s process group on %s", rank, world_size, local_rank, backend, device)
+        log.info(
+            "rank %d/%d (local %d) joined the %s process group on %s", rank, world_size, local_rank, backend, device
+        )
     return rank, world_size, local_rank, device
 
 

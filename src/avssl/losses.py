@@ -83,13 +83,17 @@ class ContrastiveLoss(nn.Module):
         with torch.autocast(device_type=device.type, enabled=False):
             return self._losses(emb, mix, present)
 
-    def _losses(self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    def _losses(
+        self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None, pairs: list[tuple[str, str]]
+    ) -> dict[str, torch.Tensor]:
         batch = next(iter(emb.values())).shape[0]
         rank, world = get_rank(), get_world_size()
         corr = None
         if mix is not None:
             if mix.shape != (batch, batch):
-                raise ValueError(f"mix matrix must be [{batch}, {batch}] for a batch of {batch}, got {tuple(mix.shape)}")
+                raise ValueError(
+                    f"mix matrix must be [{batch}, {batch}] for a batch of {batch}, got {tuple(mix.shape)}"
+                )
             blocks = all_gather_with_grad(mix.detach().float()).split(batch)
             corr = torch.block_diag(*blocks)  # [G, G]: mixing stays within each rank's batch
         rows = slice(rank * batch, (rank + 1) * batch) if self.local_loss else slice(None)

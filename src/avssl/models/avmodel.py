@@ -80,5 +80,7 @@ def build_model(cfg: Config) -> AVModel:
     }
     if len(set(m.views)) != len(m.views):
         raise ValueError(f"model.views has duplicates: {m.views}")
-    towers = {v: create_model(tower_name(v, m.preset, m.video_depth), width=m.width, **overrides.get(v, {})) for v in m.views}
+    towers = {
+        v: create_model(tower_name(v, m.preset, m.video_depth), width=m.width, **overrides.get(v, {})) for v in m.views
+    }
     return AVModel(towers, m.embed_dim)

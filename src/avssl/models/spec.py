@@ -110,7 +110,7 @@ class SpecTower(nn.Module):
         self.stem = nn.Sequential(*stem) if block == "resnet" else nn.Identity()
         cin = widths[0] if block == "resnet" else 1
         layers = []
-        for cout, pool in zip(widths, pools):
+        for cout, pool in zip(widths, pools, strict=True):
             layers.append(blocks[block](cin, cout, pool))
             cin = cout
         self.blocks = nn.Sequential(*layers)

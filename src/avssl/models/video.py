@@ -94,7 +94,9 @@ class VideoTower(nn.Module):
     Any frame size works once built; the stem is tuned for ``input_size``.
     """
 
-    def __init__(self, depth: int = 18, base_width: int = 8, width: float = 1.0, input_size: int = 64, fold_div: int = 8):
+    def __init__(
+        self, depth: int = 18, base_width: int = 8, width: float = 1.0, input_size: int = 64, fold_div: int = 8
+    ):
         super().__init__()
         if depth not in RESNET_LAYERS:
             raise ValueError(f"TSM-ResNet depth must be one of {sorted(RESNET_LAYERS)}, got {depth}")

@@ -60,7 +60,9 @@ class WaveTower(nn.Module):
 
 WAVE_PRESETS: dict[str, dict] = {
     "tiny": dict(stem_channels=8, stem_stride=4, stages=((8, 4, 1), (16, 4, 1), (32, 4, 1), (64, 4, 1))),
-    "small": dict(stem_channels=16, stem_stride=4, stages=((16, 4, 1), (32, 4, 1), (64, 4, 1), (128, 2, 1), (256, 2, 1))),
+    "small": dict(
+        stem_channels=16, stem_stride=4, stages=((16, 4, 1), (32, 4, 1), (64, 4, 1), (128, 2, 1), (256, 2, 1))
+    ),
     # Res1dNet31-like: stem + 14 residual blocks (28 convs), one step per 5120 samples (0.32 s at 16 kHz).
     "paper": dict(
         stem_channels=64,
