@@ -134,3 +134,19 @@ def test_frame_augment_flip_gain_and_range():
     assert ((ratio >= 10 ** (-6 / 20) - 1e-4) & (ratio <= 10 ** (6 / 20) + 1e-4)).all()
     jit = augment(batch, AugmentConfig(color_jitter=0.4), _gen(1), 0.125, 1600, 16)
     assert jit.frames.min() >= 0 and jit.frames.max() <= 1
+
+
+def test_random_resized_crop_zooms_into_the_frame():
+    # a horizontal ramp: a crop keeps rows increasing left to right, narrows the value range to about
+    # the crop width, and is the same for every frame of a clip
+    n, t, size = 6, 3, 32
+    ramp = torch.linspace(0, 1, size).view(1, 1, 1, 1, size).expand(n, t, 3, size, size).contiguous()
+    batch = Batch(torch.zeros(n, 800), ramp, [str(i) for i in range(n)])
+    cfg = AugmentConfig(frame_crop_scale=0.25, frame_flip=False, color_jitter=0.0, random_gain_db=0.0)
+    out = augment(batch, cfg, _gen(4), 0.375, 1600, 8).frames
+    assert out.shape == (n, t, 3, size, size)
+    assert (out[..., 1:] - out[..., :-1] >= -1e-6).all()
+    spans = out[..., -1] - out[..., 0]
+    # narrowest crop: area 0.25 at aspect 3/4 -> width sqrt(0.1875) = 0.43 of the frame
+    assert (spans <= 1 + 1e-6).all() and (spans >= 0.4).all() and (spans < 0.99).any()
+    torch.testing.assert_close(out[:, 1:], out[:, :1].expand(-1, t - 1, -1, -1, -1))

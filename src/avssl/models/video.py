@@ -26,11 +26,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def temporal_shift(x: torch.Tensor, num_frames: int, fold: int) -> torch.Tensor:
     """``[B*T, C, H, W]``: channels ``[0, fold)`` take frame t-1, ``[fold, 2*fold)`` frame t+1 (zeros at the ends)."""
     bt, c, h, w = x.shape
-    x = x.view(bt // num_frames, num_frames, c, h, w)
+    x = x.reshape(bt // num_frames, num_frames, c, h, w)
     back, fwd, keep = x[:, :, :fold], x[:, :, fold : 2 * fold], x[:, :, 2 * fold :]
     back = torch.cat([torch.zeros_like(back[:, :1]), back[:, :-1]], dim=1)
     fwd = torch.cat([fwd[:, 1:], torch.zeros_like(fwd[:, :1])], dim=1)
-    return torch.cat([back, fwd, keep], dim=2).view(bt, c, h, w)
+    return torch.cat([back, fwd, keep], dim=2).reshape(bt, c, h, w)
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
@@ -130,7 +130,7 @@ class VideoTower(nn.Module):
         x = self.stem((x - self.mean) / self.std)
         for blk in self.blocks:
             x = blk(x, t)
-        return x.mean(dim=(2, 3)).view(b, t, -1)
+        return x.mean(dim=(2, 3)).reshape(b, t, -1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """``[B, T, 3, H, W]`` -> pooled ``[B, feature_dim]`` (mean over frames, as TSM averages segments)."""
