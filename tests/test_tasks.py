@@ -64,7 +64,8 @@ def root(tmp_path_factory) -> Path:
     with (vf / "voxforge.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["", "file_name", "label", "split"])
-        for i, (lang, split) in enumerate([(la, sp) for la in ("de", "en") for sp in ("train", "train", "valid", "test")]):
+        pairs = [(la, sp) for la in ("de", "en") for sp in ("train", "train", "valid", "test")]
+        for i, (lang, split) in enumerate(pairs):
             tone(vf / lang / f"clip{i}.wav")
             w.writerow([i, f"{lang}/clip{i}.wav", lang, split])
     # NSynth: nsynth-{train,valid,test}/examples.json + audio/

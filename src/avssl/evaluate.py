@@ -24,9 +24,9 @@ import os
 import re
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -339,7 +339,8 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
-            f"model {spec!r} is not a checkpoint file, a baseline ({', '.join(BASELINES)}) or random-init:PRESET_OR_CKPT"
+            f"model {spec!r} is not a checkpoint file, a baseline ({', '.join(BASELINES)}) "
+            "or random-init:PRESET_OR_CKPT"
         )
     from .embed import load_model
 
@@ -347,13 +348,13 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
 
 
 def _config_hash(cfg: AudioConfig) -> str:
-    return hashlib.sha1(json.dumps(cfg.__dict__, sort_keys=True).encode()).hexdigest()[:8]
+    return hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
 
 
 # ---------------------------------------------------------------------------------------- embedding cache
 
 
-def _load_clip(ex: Example, sample_rate: int, whole: functools._lru_cache_wrapper) -> np.ndarray:
+def _load_clip(ex: Example, sample_rate: int, whole: Callable[[Path, int], np.ndarray]) -> np.ndarray:
     """Decode an example's audio (mono float32 at ``sample_rate``), cut to its segment if any."""
     if ex.start == 0.0 and ex.duration is None:
         return load_audio(ex.path, sample_rate)
@@ -363,7 +364,9 @@ def _load_clip(ex: Example, sample_rate: int, whole: functools._lru_cache_wrappe
     return audio[i:j]
 
 
-def _embed_examples(encoder: Encoder, examples: list[Example], batch_size: int, progress: bool, desc: str) -> np.ndarray:
+def _embed_examples(
+    encoder: Encoder, examples: list[Example], batch_size: int, progress: bool, desc: str
+) -> np.ndarray:
     """Embed examples in order, ``batch_size`` clips (of any lengths) per call; decoding on 2 threads."""
     from tqdm import tqdm
 
@@ -431,7 +434,9 @@ def _chance(task: Task, train: np.ndarray, test: np.ndarray) -> float:
     return float(np.mean(y_te == np.bincount(y_tr, minlength=len(task.classes)).argmax()))
 
 
-def run_probes(task: Task, x: np.ndarray, *, seeds: int = 3, device: str | None = None) -> tuple[dict, np.ndarray | None]:
+def run_probes(
+    task: Task, x: np.ndarray, *, seeds: int = 3, device: str | None = None
+) -> tuple[dict, np.ndarray | None]:
     """Probe every fold of ``task`` with ``seeds`` seeds on the embeddings ``x[len(examples), D]``.
 
     Returns (summary dict, confusion counts ``int64[K, K]`` summed over folds and seeds, or None
@@ -656,6 +661,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--view", default="spec", help="audio tower of a checkpoint to evaluate (spec | wave)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: OUT/embeddings)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for model forward passes (torch.set_num_threads); 1 is fastest on a busy box")
     parser.add_argument("--no-baselines", action="store_true",
                         help="do not add logmel-stats, mfcc-stats and random-init:CKPT beside each checkpoint")
     parser.add_argument("--no-plots", action="store_true")
@@ -687,6 +694,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if unknown:
         log.error("unknown task(s) %s; tasks: %s, folder:PATH, csv:PATH", ", ".join(unknown), ", ".join(TASKS))
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
         records = evaluate(models, tasks, data_root, args.out, seeds=args.seeds, device=args.device, view=args.view,

@@ -137,7 +137,8 @@ class TaskSpec:
 def _audio_files(folder: Path) -> list[Path]:
     """Audio/video files below ``folder`` (recursive, sorted, hidden files skipped)."""
     return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".") and p.is_file()
     )
 
 
@@ -150,7 +151,9 @@ def cv_splits(labels: list[str], folds: int = CV_FOLDS, seed: int = CV_SEED) -> 
     counts = {lab: labels.count(lab) for lab in set(labels)}
     small = sorted(lab for lab, n in counts.items() if n < folds)
     if small:
-        raise TaskDataError(f"classes {small} have fewer than {folds} examples; {folds}-fold cross-validation needs more")
+        raise TaskDataError(
+            f"classes {small} have fewer than {folds} examples; {folds}-fold cross-validation needs more"
+        )
     out = [""] * len(labels)
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, test) in enumerate(skf.split(np.zeros(len(labels)), labels)):
@@ -233,7 +236,8 @@ def load_folder(root: Path, name: str | None = None) -> Task:
         splits = cv_splits([lab for _, lab in pairs])
         examples = [Example(p, (lab,), s) for (p, lab), s in zip(pairs, splits)]
         folds = cv_folds()
-        desc = f"folder per class; stratified {CV_FOLDS}-fold cross-validation (scikit-learn StratifiedKFold, seed {CV_SEED})"
+        desc = (f"folder per class; stratified {CV_FOLDS}-fold cross-validation "
+                f"(scikit-learn StratifiedKFold, seed {CV_SEED})")
     return Task(name, examples, _class_order(ex.labels[0] for ex in examples), folds, description=desc)
 
 
@@ -315,7 +319,8 @@ def _speech_commands(root: Path, version: int, twelve: bool) -> Task:
     words = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("_"))
     expected = 30 if version == 1 else 35
     if len(words) != expected:
-        log.warning("speech commands v%d at %s: %d word folders (the release has %d)", version, root, len(words), expected)
+        log.warning("speech commands v%d at %s: %d word folders (the release has %d)",
+                    version, root, len(words), expected)
 
     def listed(name: str) -> set[str]:
         return set((root / name).read_text().split()) if (root / name).is_file() else set()
@@ -331,8 +336,10 @@ def _speech_commands(root: Path, version: int, twelve: bool) -> Task:
     if twelve:
         examples += _silence_examples(root, examples)
     n = "12" if twelve else str(expected)
-    return Task(f"speech-commands-v{version}-{n}", examples, classes, [Fold("official", ("train",), ("test",), ("valid",))],
-                description=f"Speech Commands v{version}, {n} classes; validation_list.txt / testing_list.txt, the rest train"
+    return Task(f"speech-commands-v{version}-{n}", examples, classes,
+                [Fold("official", ("train",), ("test",), ("valid",))],
+                description=f"Speech Commands v{version}, {n} classes; "
+                "validation_list.txt / testing_list.txt, the rest train"
                 + ("; _unknown_ = the other words; _silence_ = 1 s cuts of _background_noise_ (10% of each split)"
                    if twelve else ""),
                 split_order=["train", "valid", "test"])
@@ -430,7 +437,8 @@ def _audioset(root: Path) -> Task:
     examples = _keep_existing("audioset", examples, root)
     classes = list(names.values()) if names else _class_order(lab for ex in examples for lab in ex.labels)
     return Task("audioset", examples, classes, [Fold("official", ("train",), ("test",))], multilabel=True,
-                description="AudioSet, balanced_train_segments.csv (validation carved) vs eval_segments.csv; 527 labels",
+                description="AudioSet, balanced_train_segments.csv (validation carved) vs eval_segments.csv; "
+                "527 labels",
                 split_order=["train", "test"])
 
 
