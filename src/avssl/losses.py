@@ -86,7 +86,7 @@ class ContrastiveLoss(nn.Module):
     def _losses(
         self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None, pairs: list[tuple[str, str]]
     ) -> dict[str, torch.Tensor]:
-        batch = next(iter(emb.values())).shape[0]
+        batch, device = next(iter(emb.values())).shape[0], next(iter(emb.values())).device
         rank, world = get_rank(), get_world_size()
         corr = None
         if mix is not None:
@@ -94,10 +94,10 @@ class ContrastiveLoss(nn.Module):
                 raise ValueError(
                     f"mix matrix must be [{batch}, {batch}] for a batch of {batch}, got {tuple(mix.shape)}"
                 )
-            blocks = all_gather_with_grad(mix.detach().float()).split(batch)
+            blocks = all_gather_with_grad(mix.detach().float().to(device)).split(batch)
             corr = torch.block_diag(*blocks)  # [G, G]: mixing stays within each rank's batch
         rows = slice(rank * batch, (rank + 1) * batch) if self.local_loss else slice(None)
-        labels = torch.arange(batch * world, device=next(iter(emb.values())).device)[rows]
+        labels = torch.arange(batch * world, device=device)[rows]
         scale = self.logit_scale()
         # a deterministic order: every rank must issue the same collectives in the same order
         z = {v: F.normalize(emb[v].float(), dim=-1) for v in dict.fromkeys(v for p in pairs for v in p)}
