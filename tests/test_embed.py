@@ -198,12 +198,13 @@ def collection(tmp_path):
 
 def test_collect_inputs_names_are_unique(collection):
     root, listing, other = collection
-    items = collect_inputs([root, listing, root / "a.wav"])  # the repeat is dropped
+    second = encode_audio(root.parent / "a.wav", _noise(8000, seed=14), 8000)  # same name as `other`
+    items = collect_inputs([root, listing, root / "a.wav", other, second])  # repeats are dropped
     names = [n for _, n in items]
-    assert len(names) == len(set(names)) == 6
-    assert "media/sub/a.mp3.npz" in names and "media/a.wav.npz" in names
-    assert any(n.startswith("a.wav.") and n.endswith(".npz") for n in names)  # name clash -> hashed name
-    assert other in [p for p, _ in items]
+    assert len(names) == len(set(names)) == 7 and items[0][0] == root / "a.wav"
+    assert "media/sub/a.mp3.npz" in names and "media/a.wav.npz" in names and "missing.wav.npz" in names
+    clashing = [n for p, n in items if p in (other, second)]
+    assert len(clashing) == 2 and all(n.startswith("a.wav.") and n != "a.wav.npz" for n in clashing)
 
 
 def test_cli_embed_collection_resume_and_split(tmp_path, tiny_ckpt, embedder, collection):
@@ -232,6 +233,13 @@ def test_cli_embed_collection_resume_and_split(tmp_path, tiny_ckpt, embedder, co
     rows2 = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert sorted(r["status"] for r in rows2) == ["done"] * 4 + ["skipped"] * 2
     assert all((out / o).stat().st_mtime_ns == m for o, m in mtimes.items())
+    newcomer = encode_audio(tmp_path / "a.wav", _noise(9000, seed=15), 16000)  # same output name as `other`
+    assert cli_main(["embed", str(tiny_ckpt), str(newcomer), *args[4:]]) == 0
+    (row,) = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    old_output = next(r["output"] for r in rows if r["input"] == str(other))
+    assert row["status"] == "ok" and row["output"] == old_output  # recomputed, not reused
+    np.testing.assert_allclose(np.load(out / row["output"])["embedding"],
+                               embedder.embed(load_audio(newcomer, 16000), 16000)[0], atol=1e-5)
     with pytest.raises(ValueError, match="other settings"):
         cli_main(args[:-5] + ["--hop", "0.2", "--device", "cpu", "--no-progress"])
     other_ckpt = make_checkpoint(tmp_path / "other.pt", seed=3)

@@ -230,8 +230,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     """Expand files, folders (recursive, media files only) and list files (``.txt``/``.lst``/``.list``, one
     path per line, ``#`` comments, relative to the list file) into ``(path, output name)`` pairs.
 
-    Output names mirror the input (``folder/sub/a.wav`` -> ``folder/sub/a.wav.npz``); a name already taken
-    gets a hash of the full path. Missing paths are kept so that they are reported as skipped.
+    Output names mirror the input (``folder/sub/a.wav`` -> ``folder/sub/a.wav.npz``); names that two inputs
+    would share get a hash of each full path. Missing paths are kept so that they are reported as skipped.
     """
     items: list[tuple[Path, str]] = []
 
@@ -250,20 +250,14 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
 
     for x in inputs:
         add(Path(x), Path(x).resolve().name)
-    seen_paths: set[Path] = set()
-    names: set[str] = set()
-    out = []
+    unique: dict[Path, tuple[Path, str]] = {}  # resolved path -> first (path, name) it was given as
     for p, rel in items:
-        key = p.resolve()
-        if key in seen_paths:
-            continue
-        seen_paths.add(key)
-        name = f"{rel}.npz"
-        if name in names:
-            name = f"{rel}.{hashlib.sha1(str(key).encode()).hexdigest()[:10]}.npz"
-        names.add(name)
-        out.append((p, name))
-    return out
+        unique.setdefault(p.resolve(), (p, rel))
+    counts: dict[str, int] = {}
+    for _, rel in unique.values():
+        counts[rel] = counts.get(rel, 0) + 1
+    return [(p, f"{rel}.npz" if counts[rel] == 1 else f"{rel}.{hashlib.sha1(str(key).encode()).hexdigest()[:10]}.npz")
+            for key, (p, rel) in unique.items()]
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -273,6 +267,15 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     os.replace(tmp, path)
+
+
+def _made_from(path: Path) -> str | None:
+    """The input an existing output was made from (None if there is no readable output)."""
+    try:
+        with np.load(path) as z:
+            return str(z["input"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _prefetch(fn, items: list, workers: int) -> Iterator[tuple[Any, Future]]:
@@ -331,11 +334,11 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
                      workers: int = 2, progress: bool = True) -> list[dict]:
     """Embed every file in ``inputs`` (see :func:`collect_inputs`) into ``out_dir``; return the index rows.
 
-    One ``.npz`` per input under ``out_dir/embeddings/`` with ``embedding`` float32[D] and ``seconds`` (the
-    duration), plus ``timestamps`` float64[T] and ``timestamp_embeddings`` float32[T, D] when ``timestamps``.
+    One ``.npz`` per input under ``out_dir/embeddings/`` with ``embedding`` float32[D], ``seconds`` (the
+    duration) and ``input`` (resolved path), plus ``timestamps`` float64[T] and ``timestamp_embeddings`` float32[T, D] when ``timestamps``.
     ``out_dir/index.jsonl`` (``index-{rank}-of-{num_nodes}.jsonl`` when split) has one row per input:
     ``input``, ``output``, ``status`` (``ok``, ``done`` = kept from an earlier run, ``skipped``), ``reason``.
-    Existing outputs are kept (resume). Inputs are split ``node_rank::num_nodes`` across processes.
+    Existing outputs made from the same input are kept (resume). Inputs are split ``node_rank::num_nodes`` across processes.
     """
     out_dir = Path(out_dir)
     num_nodes, node_rank = _node_split(num_nodes, node_rank)
@@ -351,7 +354,7 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     items = collect_inputs(inputs)[node_rank::num_nodes]
     rows, todo = [], []
     for path, name in items:
-        if (out_dir / "embeddings" / name).is_file():
+        if _made_from(out_dir / "embeddings" / name) == str(path.resolve()):
             rows.append({"input": str(path), "output": f"embeddings/{name}", "status": "done", "reason": None})
         else:
             todo.append((path, name))
@@ -361,7 +364,7 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
         row = {"input": str(path), "output": None, "status": "skipped", "reason": None}
         try:
             audio = fut.result()
-            arrays = {"embedding": embedder.embed(audio, embedder.sample_rate)[0],
+            arrays = {"embedding": embedder.embed(audio, embedder.sample_rate)[0], "input": str(path.resolve()),
                       "seconds": np.float64(len(audio) / embedder.sample_rate)}
             if timestamps:
                 emb, secs = embedder.embed_timestamps(audio, embedder.sample_rate, hop=hop)
