@@ -301,3 +301,29 @@ def test_cli_suite_shared_on_a_tiny_copy_of_the_layout(tmp_path):
     assert sorted(p.parent.name for p in (tmp_path / "out" / "embeddings").rglob("train.npz")) == ["fsdd", "fsdd"]
     assert main(["eval", "--task", "nope", "--out", str(tmp_path / "x")]) == 2
     assert main(["eval", "--task", "esc50", "--data-root", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_multilabel_audioset_layout_end_to_end(tmp_path):
+    """Clips mixing up to three tones; each tone is one AudioSet label: mAP/d-prime reported, plots drawn."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "audioset"
+    mids, freqs = ["/m/a", "/m/b", "/m/c"], [300.0, 900.0, 2500.0]
+    (root / "clips").mkdir(parents=True)
+    (root / "class_labels_indices.csv").write_text("index,mid,display_name\n" + "".join(
+        f'{i},{m},"tone {int(f)}"\n' for i, (m, f) in enumerate(zip(mids, freqs))))
+    t = np.arange(SR // 4) / SR
+    for csv_name, n in (("balanced_train_segments.csv", 40), ("eval_segments.csv", 16)):
+        lines = ["# header", "# header", "# YTID, start_seconds, end_seconds, positive_labels"]
+        for i in range(n):
+            on = rng.random(3) < 0.5
+            on[rng.integers(3)] = True  # every clip has at least one label
+            ytid = f"{csv_name[:4]}{i:07d}"
+            wave = sum(0.2 * np.sin(2 * np.pi * f * t) for f, o in zip(freqs, on) if o) + 0.01 * rng.normal(size=t.size)
+            encode_audio(root / "clips" / f"{ytid}_0.000.wav", wave.astype(np.float32), SR)
+            lines.append(f'{ytid}, 0.000, 10.000, "{",".join(m for m, o in zip(mids, on) if o)}"')
+        (root / csv_name).write_text("\n".join(lines) + "\n")
+    (rec,) = evaluate(["logmel-stats"], ["audioset"], tmp_path, tmp_path / "out", seeds=2, progress=False)
+    assert rec["metric"] == "mAP" and "accuracy" not in rec["metrics"]
+    assert rec["mean"] > 0.9 and rec["chance"] < 0.8 and rec["metrics"]["d_prime"]["mean"] > 2
+    assert (tmp_path / "out" / "plots" / "projection-audioset.png").is_file()
+    assert not (tmp_path / "out" / "plots" / "confusion-audioset.png").exists()
