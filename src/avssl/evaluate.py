@@ -486,6 +486,7 @@ def evaluate(
     ``<out>/embeddings``), so a rerun only re-probes."""
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "embeddings"
@@ -651,13 +652,14 @@ def write_plots(records: list[dict], figures: dict[str, dict[str, Any]], folder:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL_OR_BASELINE",
                         help="checkpoint paths, logmel-stats, mfcc-stats, random-init:PRESET_OR_CKPT")
-    parser.add_argument("--task", action="append", default=[], help="task name (repeatable); see docs/evaluation.md")
+    parser.add_argument("--task", action="append", default=[],
+                        help=f"repeatable: {', '.join(TASKS)}, folder:PATH, csv:PATH (see docs/evaluation.md)")
     parser.add_argument("--suite", choices=["shared"], help="shared: every task whose data is under --data-root")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="folder holding the datasets (default: $AVSSL_SHARED_DATA or ../shared/data)")
     parser.add_argument("--out", type=Path, default=Path("eval-results"), help="results folder")
     parser.add_argument("--seeds", type=int, default=3, help="probe seeds per fold (default 3)")
-    parser.add_argument("--device", default=None, help="cpu | cuda (default: cpu)")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--view", default="spec", help="audio tower of a checkpoint to evaluate (spec | wave)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: OUT/embeddings)")
     parser.add_argument("--batch-size", type=int, default=32)
