@@ -119,6 +119,8 @@ def test_build_model_tiny_forward():
         v: (4, cfg.model.embed_dim) for v in ("spec", "wave", "video")
     }
     assert set(model(audio, None)) == {"spec", "wave"}
+    sum(o.square().mean() for o in out.values()).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)] == []
     model.eval()
     torch.testing.assert_close(model(audio, None)["spec"], model.heads["spec"](model.towers["spec"](audio)))
     # a rebuilt model loads the state dict (the checkpoint contract)
