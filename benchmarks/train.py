@@ -8,7 +8,11 @@ parameters (FLAC audio, JPEG frames: what a real run reads):
 
 ``loader``   clips/s of ``avssl.data.make_loader`` (shard read, decode, aligned crop, collate) with W
              DataLoader workers, after the first batch (worker start-up excluded). Per-worker rate =
-             clips/s / W (W = 0: decoding in the main process).
+             clips/s / W (W = 0: decoding in the main process). Two rows per W: ``window`` (the
+             loader: only the crop window is decoded) and ``full`` (the earlier loader, for
+             comparison: the whole clip decoded, then cropped; same values).
+``decode``   ms per clip of ``avssl.shards.decode_sample`` on one shard sample: whole clip, the crop
+             window, the crop window without frames (audio-only runs).
 ``trainer``  clips/s of ``avssl.train.Trainer.step`` (augment + mix, every view forward, InfoNCE,
              backward, clipping, optimizer) on device-resident batches: what the loop consumes.
              On CUDA also the model FLOPs per step (``torch.utils.flop_counter``) and MFU against
@@ -36,8 +40,9 @@ import numpy as np
 import torch
 
 from avssl.config import Config, load_config
-from avssl.data import Batch, make_loader
+from avssl.data import Batch, ShardLoader, ShardStream, crop_clip, make_loader
 from avssl.ingest import ingest
+from avssl.shards import decode_sample
 from avssl.train import Trainer, plan_views, pretrain
 from avssl.video import encode_video
 
@@ -64,14 +69,58 @@ def make_shards(cfg: Config, folder: Path, videos: int) -> Path:
     return folder / "shards"
 
 
-def bench_loader(cfg: Config, shards: Path, workers: int, batches: int) -> float:
-    """clips/s of the loader with ``workers`` workers, excluding the first batch."""
+class FullDecodeStream(ShardStream):
+    """The loader as it was before windowed decoding: decode the whole clip, then crop (same values)."""
+
+    def _item(self, sample):
+        clip = decode_sample(sample)
+        c = self.cfg
+        rng = np.random.default_rng(0)  # the timing does not depend on where the crop falls
+        frames = clip.frames if self.with_frames else None
+        audio, frames = crop_clip(clip.audio, frames, c.data.crop_seconds, clip.sample_rate, clip.fps, rng)
+        audio2 = crop_clip(clip.audio, None, c.data.crop_seconds, clip.sample_rate, clip.fps, rng)[0] \
+            if self.audio_crops == 2 else None
+        return clip.key, audio, audio2, frames
+
+
+def bench_loader(cfg: Config, shards: Path, workers: int, batches: int, window: bool = True) -> float:
+    """clips/s of the loader with ``workers`` workers, excluding the first batch (``window=False``: full decode)."""
     cfg = replace(cfg, data=replace(cfg.data, num_workers=workers))
-    it = iter(make_loader(shards, cfg, audio_crops=2 if plan_views(cfg) else 1))
+    loader = make_loader(shards, cfg, audio_crops=2 if plan_views(cfg) else 1)
+    if not window:
+        s = loader.stream
+        loader = ShardLoader(FullDecodeStream(s.shards, cfg, rank=0, world_size=1, workers=workers, seed=s.seed,
+                                              start_batch=0, audio_crops=s.audio_crops, with_frames=s.with_frames),
+                             loader.epoch_batches, pin_memory=False)
+    it = iter(loader)
     next(it)
     t0 = time.perf_counter()
     n = sum(len(b) for b in islice(it, batches))
     return n / (time.perf_counter() - t0)
+
+
+def bench_decode(cfg: Config, shards: Path, repeats: int = 5) -> dict[str, float]:
+    """ms per clip of ``decode_sample``: whole clip, crop window, crop window without frames."""
+    import webdataset as wds
+
+    samples = list(wds.WebDataset(str(shards / "000000.tar"), shardshuffle=False, empty_check=False))
+    crop, fps = cfg.data.crop_seconds, cfg.video.fps
+    starts = [int(np.floor((cfg.ingest.clip_seconds - crop) * fps * (i % 4) / 3)) / fps for i in range(len(samples))]
+    ways = {
+        "full": lambda s, t0: decode_sample(s),
+        "window": lambda s, t0: decode_sample(s, start=t0, seconds=crop),
+        "window, no frames": lambda s, t0: decode_sample(s, start=t0, seconds=crop, frames=False),
+    }
+    out = {}
+    for name, fn in ways.items():
+        best = float("inf")
+        for _ in range(repeats):  # best of: the machine may be shared
+            t0 = time.perf_counter()
+            for s, start in zip(samples, starts):
+                fn(s, start)
+            best = min(best, (time.perf_counter() - t0) / len(samples))
+        out[name] = 1000 * best
+    return out
 
 
 def synthetic_batch(cfg: Config, batch: int, device: torch.device) -> Batch:
@@ -121,7 +170,7 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
-    parts = ["loader", "trainer", "e2e"]
+    parts = ["decode", "loader", "trainer", "e2e"]
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     parser.add_argument("--videos", type=int, default=16, help="generated videos (one clip each)")
     parser.add_argument("--loader-batches", type=int, default=8)
@@ -148,15 +197,25 @@ def main() -> None:
                 f"{cfg.ingest.frame_format} frames, precision {cfg.train.precision}")
         print(desc + "\n")
         with tempfile.TemporaryDirectory() as tmp:
-            shards = make_shards(cfg, Path(tmp), args.videos) if {"loader", "e2e"} & set(args.parts) else None
+            need_shards = {"decode", "loader", "e2e"} & set(args.parts)
+            shards = make_shards(cfg, Path(tmp), args.videos) if need_shards else None
             rate1 = None
+            if "decode" in args.parts:
+                ms = bench_decode(cfg, shards)
+                print(f"| decode_sample, {cfg.ingest.clip_seconds} s clip, {cfg.data.crop_seconds} s window | ms per clip |"
+                      "\n|---|---:|")
+                for name, v in ms.items():
+                    print(f"| {name} | {v:.1f} |")
+                print()
             if "loader" in args.parts:
-                print("| loader workers | clips/s | clips/s per worker |\n|---:|---:|---:|")
+                print("| loader workers | decode | clips/s | clips/s per worker |\n|---:|---|---:|---:|")
                 lcfg = replace(cfg, data=replace(cfg.data, batch_size=min(batch, 16)))
                 for w in args.workers:
-                    rate = bench_loader(lcfg, shards, w, args.loader_batches)
-                    rate1 = rate / max(w, 1) if w >= 1 and rate1 is None else rate1
-                    print(f"| {w} | {rate:.1f} | {rate / max(w, 1):.1f} |")
+                    for window in (False, True):  # interleaved: the same machine state for both
+                        rate = bench_loader(lcfg, shards, w, args.loader_batches, window)
+                        if window and w >= 1 and rate1 is None:
+                            rate1 = rate / w
+                        print(f"| {w} | {'window' if window else 'full'} | {rate:.1f} | {rate / max(w, 1):.1f} |")
                 print()
             if "trainer" in args.parts:
                 print("| trainer batch | clips/s | step ms | GFLOP per clip | achieved TFLOP/s | MFU "

@@ -12,8 +12,8 @@ import torch
 import webdataset as wds
 
 from avssl.config import load_config
-from avssl.data import Batch, DataError, crop_clip, make_loader
-from avssl.shards import Clip, encode_sample
+from avssl.data import Batch, DataError, crop_clip, crop_sample, make_loader
+from avssl.shards import Clip, decode_sample, encode_sample
 
 SR, FPS, SIZE, SECONDS = 16000, 8.0, 16, 2.0
 
@@ -171,3 +171,32 @@ def test_errors_are_clear(shards, tmp_path):
     empty = write_shards(tmp_path / "zero", [], per_shard=1)
     with pytest.raises(DataError, match="empty|no samples"):
         make_loader(empty, cfg)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "raw"])
+def test_windowed_crop_equals_crop_of_full_decode(fmt):
+    """The loader decodes only the crop window; its values equal cropping the fully decoded clip (same rng)."""
+    clips = [planted_clip(0), planted_clip(1, seconds=0.75)]  # a full clip and one shorter than the crop (padding)
+    silent = planted_clip(2)
+    silent.frames = np.zeros((0, SIZE, SIZE, 3), np.uint8)  # an audio-only sample
+    for clip in clips + [silent]:
+        sample = encode_sample(clip, frame_format=fmt)
+        full = decode_sample(sample)
+        for with_frames, crops in [(True, 1), (False, 1), (False, 2)]:
+            for seed in range(6):
+                key, a, a2, f = crop_sample(sample, 1.0, np.random.default_rng(seed), with_frames=with_frames,
+                                            frame_size=SIZE, audio_crops=crops)
+                rng = np.random.default_rng(seed)
+                frames = (full.frames if len(full.frames) else np.zeros((0, SIZE, SIZE, 3), np.uint8)) if with_frames else None
+                ra, rf = crop_clip(full.audio, frames, 1.0, SR, FPS, rng)
+                assert key == clip.key
+                np.testing.assert_array_equal(a, ra)
+                if with_frames:
+                    assert f.shape == (8, SIZE, SIZE, 3)
+                    np.testing.assert_array_equal(f, rf)
+                else:
+                    assert f is None
+                if crops == 2:
+                    np.testing.assert_array_equal(a2, crop_clip(full.audio, None, 1.0, SR, FPS, rng)[0])
+                else:
+                    assert a2 is None

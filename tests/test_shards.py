@@ -5,7 +5,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from avssl.shards import FRAME_FORMATS, Clip, ShardError, decode_sample, encode_sample, read_manifest
+from avssl.shards import FRAME_FORMATS, Clip, ShardError, decode_sample, encode_sample, read_manifest, sample_info
 
 
 def _clip(frames=6, seconds=0.6, rate=16000, size=32):
@@ -81,3 +81,49 @@ def test_read_manifest_errors(tmp_path):
         read_manifest(tmp_path)
     (tmp_path / "000000.tar").write_bytes(b"")
     assert read_manifest(tmp_path)["total_samples"] == 1
+
+
+WINDOWS = [(0.0, 0.3), (0.2, 0.3), (0.15, 0.2), (0.4, 0.5), (0.6, 0.3), (0.0, None), (0.25, None)]
+
+
+@pytest.mark.parametrize("fmt", FRAME_FORMATS)
+def test_window_equals_the_slice_of_a_full_decode(fmt):
+    clip = _clip(frames=6, seconds=0.6)
+    sample = encode_sample(clip, fmt, 90)
+    full = decode_sample(sample)
+    info = sample_info(sample)
+    assert (info.key, info.sample_rate, info.num_samples, info.fps, info.num_frames, info.frame_shape) == (
+        clip.key, 16000, 9600, 10.0, 6, (32, 32, 3))
+    for start, seconds in WINDOWS:  # frame-aligned, between frames (0.15 s: frame 2 first), past the end
+        win = decode_sample(sample, start=start, seconds=seconds)
+        s0, f0 = round(start * 16000), int(np.ceil(start * 10 - 1e-6))
+        s1 = None if seconds is None else s0 + round(seconds * 16000)
+        f1 = None if seconds is None else f0 + round(seconds * 10)
+        np.testing.assert_array_equal(win.audio, full.audio[s0:s1])
+        np.testing.assert_array_equal(win.frames, full.frames[f0:f1])
+        assert win.meta == {**full.meta, "window_start": start} and win.key == clip.key
+        audio_only = decode_sample(sample, start=start, seconds=seconds, frames=False)
+        np.testing.assert_array_equal(audio_only.audio, win.audio)
+        assert audio_only.frames.shape == (0, 32, 32, 3)
+    with pytest.raises(ShardError, match="negative"):
+        decode_sample(sample, start=-0.1, seconds=0.2)
+
+
+def test_window_decodes_only_its_frames():
+    sample = encode_sample(_clip(frames=6, seconds=0.6), "jpeg")
+    sizes = json.loads(sample["json"])["frame_bytes"]
+    ref = decode_sample(sample, start=0.2, seconds=0.2).frames  # frames 2 and 3
+    # frames outside the window turned to garbage (same sizes): a full decode fails, the window does not look at them
+    ends = np.cumsum(sizes)
+    garbled = bytearray(sample["jpgs"])
+    for f in (0, 1, 4, 5):
+        garbled[ends[f] - sizes[f] : ends[f]] = b"\0" * sizes[f]
+    bad = {**sample, "jpgs": bytes(garbled)}
+    with pytest.raises(Exception):
+        decode_sample(bad)
+    np.testing.assert_array_equal(decode_sample(bad, start=0.2, seconds=0.2).frames, ref)
+    # audio only: the frame member is never read
+    no_frames = {k: v for k, v in sample.items() if k != "jpgs"}
+    assert decode_sample(no_frames, start=0.1, seconds=0.3, frames=False).frames.shape == (0, 32, 32, 3)
+    with pytest.raises(ShardError, match="no 'jpgs' member"):
+        decode_sample(no_frames, start=0.1, seconds=0.3)

@@ -2,10 +2,11 @@
 
 The loader streams WebDataset tar shards (a shard folder with ``manifest.json``, a brace-expanded
 list such as ``shards/{000000..000099}.tar``, or any URL / ``pipe:`` source WebDataset opens),
-shuffles through a buffer, splits the stream by rank and by DataLoader worker, decodes each sample
-in the workers with :func:`avssl.shards.decode_sample`, takes an aligned random crop of
-``cfg.data.crop_seconds`` (the audio window and exactly the frames shown in it) and collates
-crops into a :class:`Batch`.
+shuffles through a buffer, splits the stream by rank and by DataLoader worker, and in the workers
+draws an aligned random crop of ``cfg.data.crop_seconds`` for each sample (the audio window and
+exactly the frames shown in it, chosen from the sample's lengths) and decodes only that window with
+:func:`avssl.shards.decode_sample` (no frames when the run has no video view; :func:`crop_sample`),
+then collates crops into a :class:`Batch`.
 
 Determinism and equal lengths. Each rank reads an endless, seeded stream made of *passes*: pass
 ``p`` permutes the shard list with ``seed`` and ``p`` (the same permutation on every rank), gives
@@ -178,6 +179,36 @@ def _seed_rng(*parts: int | str) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts])
 
 
+def choose_crop(
+    num_samples: int, num_frames: int | None, crop_seconds: float, sample_rate: int, fps: float,
+    rng: np.random.Generator,
+) -> tuple[int, int | None]:
+    """Where an aligned random crop of a clip starts, from its lengths only: ``(first sample, first frame)``.
+
+    With frames (``num_frames`` not None; 0 for an audio-only sample) the window starts on a frame
+    ``f0`` drawn uniformly among those leaving a full window (0 for a short clip), and the audio at
+    sample ``round(f0 / fps * sample_rate)``, where frame ``f0`` is shown. Without (None), it starts
+    on any sample and the frame is None. One draw from ``rng`` either way.
+    """
+    if num_frames is None:
+        n = int(round(crop_seconds * sample_rate))
+        return int(rng.integers(0, max(0, num_samples - n) + 1)), None
+    seconds = min(num_samples / sample_rate, num_frames / fps) if num_frames else num_samples / sample_rate
+    f0 = int(rng.integers(0, max(0, int(math.floor((seconds - crop_seconds) * fps + 1e-6))) + 1))
+    return int(round(f0 / fps * sample_rate)), f0
+
+
+def _fit(audio: np.ndarray, frames: np.ndarray | None, n: int, t: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Zero-pad the audio to ``n`` samples; repeat the last frame (black when none) to ``t`` frames."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if len(audio) < n:
+        audio = np.concatenate([audio, np.zeros(n - len(audio), np.float32)])
+    if frames is not None and len(frames) < t:
+        pad = frames[-1:] if len(frames) else np.zeros((1, *frames.shape[1:]), np.uint8)
+        frames = np.concatenate([frames, np.repeat(pad, t - len(frames), axis=0)])
+    return audio, frames
+
+
 def crop_clip(
     audio: np.ndarray,
     frames: np.ndarray | None,
@@ -188,29 +219,45 @@ def crop_clip(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """An aligned random crop: ``float32[N]`` audio and exactly the ``uint8[T, H, W, 3]`` frames shown in it.
 
-    ``N = round(crop_seconds * sample_rate)``, ``T = round(crop_seconds * fps)``. With frames, the
-    window starts on a frame (frame ``f0`` shows time ``f0 / fps``, the audio starts at sample
-    ``round(f0 / fps * sample_rate)``); without (``frames`` None), it starts on any sample. Where a
-    clip is shorter than the window, audio is zero-padded and the last frame repeats (as
-    :func:`avssl.augment.augment` does); a clip with no frames gets black ones.
+    ``N = round(crop_seconds * sample_rate)``, ``T = round(crop_seconds * fps)``; the window is
+    :func:`choose_crop`'s. Where a clip is shorter than the window, audio is zero-padded and the
+    last frame repeats (as :func:`avssl.augment.augment` does); a clip with no frames gets black
+    ones. :func:`crop_sample` gives the same crop from a shard sample, decoding only the window.
     """
-    n = int(round(crop_seconds * sample_rate))
-    if frames is None:
-        start = int(rng.integers(0, max(0, len(audio) - n) + 1))
-        out_frames = None
-    else:
-        t = int(round(crop_seconds * fps))
-        seconds = min(len(audio) / sample_rate, len(frames) / fps) if len(frames) else len(audio) / sample_rate
-        f0 = int(rng.integers(0, max(0, int(math.floor((seconds - crop_seconds) * fps + 1e-6))) + 1))
-        start = int(round(f0 / fps * sample_rate))
-        out_frames = frames[f0 : f0 + t]
-        if len(out_frames) < t:
-            pad = out_frames[-1:] if len(out_frames) else np.zeros((1, *frames.shape[1:]), np.uint8)
-            out_frames = np.concatenate([out_frames, np.repeat(pad, t - len(out_frames), axis=0)])
-    out = np.asarray(audio[start : start + n], dtype=np.float32)
-    if len(out) < n:
-        out = np.concatenate([out, np.zeros(n - len(out), np.float32)])
-    return out, out_frames
+    n, t = int(round(crop_seconds * sample_rate)), int(round(crop_seconds * fps))
+    start, f0 = choose_crop(len(audio), None if frames is None else len(frames), crop_seconds, sample_rate, fps, rng)
+    return _fit(audio[start : start + n], None if frames is None else frames[f0 : f0 + t], n, t)
+
+
+def crop_sample(
+    sample: dict[str, Any], crop_seconds: float, rng: np.random.Generator, *, with_frames: bool,
+    frame_size: int, audio_crops: int = 1,
+) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(key, audio[N], audio2[N] | None, frames[T, H, W, 3] | None)`` from a raw shard sample.
+
+    The same values as :func:`crop_clip` on the fully decoded clip with the same ``rng`` (the
+    windows are drawn in the same order), but the window is chosen from the sample's lengths
+    first and only it is decoded (``avssl.shards.decode_sample`` with ``start``/``seconds``; no
+    frames at all when ``with_frames`` is false). ``audio_crops=2`` adds a second, independent
+    audio window. An audio-only sample in a run with frames gets black ``frame_size`` frames.
+    """
+    from .shards import decode_sample, sample_info
+
+    info = sample_info(sample)
+    sr, fps = info.sample_rate, info.fps
+    n, t = int(round(crop_seconds * sr)), int(round(crop_seconds * fps))
+    start, f0 = choose_crop(info.num_samples, info.num_frames if with_frames else None, crop_seconds, sr, fps, rng)
+    second = choose_crop(info.num_samples, None, crop_seconds, sr, fps, rng)[0] if audio_crops == 2 else None
+    # a window that starts on frame f0 starts at f0 / fps: decode_sample's first frame is f0, its first sample `start`
+    clip = decode_sample(sample, start=start / sr if f0 is None else f0 / fps, seconds=crop_seconds, frames=with_frames)
+    frames = None
+    if with_frames:
+        frames = clip.frames if info.num_frames else np.zeros((0, frame_size, frame_size, 3), np.uint8)
+    audio, frames = _fit(clip.audio, frames, n, t)
+    audio2 = None
+    if second is not None:
+        audio2, _ = _fit(decode_sample(sample, start=second / sr, seconds=crop_seconds, frames=False).audio, None, n, t)
+    return info.key, audio, audio2, frames
 
 
 def collate(
@@ -326,21 +373,15 @@ class ShardStream(torch.utils.data.IterableDataset):
             p += 1
 
     def _item(self, sample: dict[str, Any]):
-        from .shards import decode_sample
+        from .shards import sample_info
 
-        clip = decode_sample(sample)
         a, c = self.cfg.audio, self.cfg
-        if clip.sample_rate != a.sample_rate:
-            raise DataError(f"sample {clip.key}: audio at {clip.sample_rate} Hz, config expects {a.sample_rate} Hz")
-        rng = _seed_rng(self.seed, sample["__pass__"], clip.key, "crop")
-        frames = clip.frames if self.with_frames else None
-        if frames is not None and len(frames) == 0:  # an audio-only sample in an audio-visual run: black frames
-            frames = np.zeros((0, c.video.size, c.video.size, 3), np.uint8)
-        audio, frames = crop_clip(clip.audio, frames, c.data.crop_seconds, a.sample_rate, c.video.fps, rng)
-        audio2 = None
-        if self.audio_crops == 2:
-            audio2, _ = crop_clip(clip.audio, None, c.data.crop_seconds, a.sample_rate, c.video.fps, rng)
-        return clip.key, audio, audio2, frames
+        info = sample_info(sample)
+        if info.sample_rate != a.sample_rate:
+            raise DataError(f"sample {info.key}: audio at {info.sample_rate} Hz, config expects {a.sample_rate} Hz")
+        rng = _seed_rng(self.seed, sample["__pass__"], info.key, "crop")
+        return crop_sample(sample, c.data.crop_seconds, rng, with_frames=self.with_frames, frame_size=c.video.size,
+                           audio_crops=self.audio_crops)
 
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()

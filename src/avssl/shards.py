@@ -11,15 +11,20 @@ A shard folder holds ``NNNNNN.tar`` files (WebDataset-compatible tar archives) a
   ``frame_bytes``); ``<key>.npy`` raw ``uint8[T, H, W, 3]``; ``<key>.mp4`` an H.264 stream.
 
 This module is the only place that knows the member layout: use :func:`encode_sample` /
-:func:`decode_sample`. ``decode_sample`` takes the dict WebDataset yields without decoders
-(keys without the leading dot, values ``bytes``).
+:func:`decode_sample` (and :func:`sample_info` to read a sample's lengths without decoding it).
+``decode_sample`` takes the dict WebDataset yields without decoders (keys without the leading dot,
+values ``bytes``). It can decode a time window only (the JPEG frames of the window and a FLAC seek
+to its first sample) and skip the frames entirely: a training crop of 3 s from a 10 s clip costs
+about a third of a full decode.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +72,16 @@ def _encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def _decode_flac(data: bytes) -> tuple[np.ndarray, int]:
+def _decode_flac(data: bytes, start: int = 0, count: int = -1) -> tuple[np.ndarray, int, int]:
+    """``(float32[count] from sample start, sample rate, total samples in the stream)``; FLAC seeks are sample exact."""
     import soundfile as sf
 
-    pcm, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=False)
-    return (pcm.astype(np.float32) / 32768.0), int(rate)
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        total, rate = f.frames, f.samplerate
+        if start:
+            f.seek(min(start, total))
+        pcm = f.read(count, dtype="int16", always_2d=False)
+    return pcm.astype(np.float32) / 32768.0, int(rate), int(total)
 
 
 def _encode_jpegs(frames: np.ndarray, quality: int) -> tuple[bytes, list[int]]:
@@ -85,17 +95,27 @@ def _encode_jpegs(frames: np.ndarray, quality: int) -> tuple[bytes, list[int]]:
     return b"".join(parts), [len(p) for p in parts]
 
 
-def _decode_jpegs(data: bytes, sizes: list[int], shape: tuple[int, int, int]) -> np.ndarray:
+def _decode_jpegs(data: bytes, sizes: list[int], shape: tuple[int, int, int], first: int, stop: int) -> np.ndarray:
+    """Frames ``first:stop`` of the concatenated JPEGs (``sizes``: bytes per frame); the others are not decoded.
+
+    All frames of a sample come from one ``uint8[T, H, W, 3]`` array (:func:`_encode_jpegs`), so the
+    first frame's header is checked and the rest go straight to libjpeg (``Image.frombytes``: the
+    same decoder and pixels as ``Image.open``, without parsing each header in Python; ~2x faster).
+    """
     from PIL import Image
 
-    out = np.empty((len(sizes), *shape), np.uint8)
-    pos = 0
-    for i, n in enumerate(sizes):
-        with Image.open(io.BytesIO(data[pos : pos + n])) as im:
-            out[i] = np.asarray(im.convert("RGB"))
-        pos += n
-    if pos != len(data):
-        raise ShardError(f"JPEG frame sizes add up to {pos} bytes but the member holds {len(data)}")
+    if sum(sizes) != len(data):
+        raise ShardError(f"JPEG frame sizes add up to {sum(sizes)} bytes but the member holds {len(data)}")
+    ends = np.cumsum(sizes).tolist()
+    view = memoryview(data)
+    frame = lambda f: view[ends[f] - sizes[f] : ends[f]]  # noqa: E731
+    with Image.open(io.BytesIO(frame(first))) as im:
+        if im.mode != "RGB" or im.size != (shape[1], shape[0]):
+            raise ShardError(f"JPEG frame {first} is {im.mode} {im.size[0]}x{im.size[1]}, the metadata says RGB "
+                             f"{shape[1]}x{shape[0]}; re-ingest the shard")
+    out = np.empty((len(range(first, stop)), *shape), np.uint8)
+    for i, f in enumerate(range(first, stop)):
+        out[i] = np.asarray(Image.frombytes("RGB", (shape[1], shape[0]), bytes(frame(f)), "jpeg", "RGB", ""))
     return out
 
 
@@ -107,13 +127,14 @@ def _encode_h264(frames: np.ndarray, fps: float) -> bytes:
     return buf.getvalue()
 
 
-def _decode_h264(data: bytes) -> np.ndarray:
+def _decode_h264(data: bytes, first: int, stop: int) -> np.ndarray:
+    """Frames ``first:stop``: decoded from the stream's start (temporal compression), stopping after ``stop``."""
     import av
 
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        return np.stack([f.to_ndarray(format="rgb24") for f in islice(container.decode(stream), stop)][first:])
 
 
 def _encode_npy(frames: np.ndarray) -> bytes:
@@ -161,40 +182,90 @@ def encode_sample(clip: Clip, frame_format: str = "jpeg", jpeg_quality: int = 90
     return sample
 
 
-def decode_sample(sample: dict[str, Any]) -> Clip:
-    """A raw WebDataset sample dict (member extension -> bytes, plus ``"__key__"``) to a :class:`Clip`."""
+@dataclass(frozen=True)
+class SampleInfo:
+    """A sample's stored lengths, read from its metadata without decoding audio or frames."""
+
+    key: str
+    sample_rate: int
+    num_samples: int
+    fps: float
+    num_frames: int  # 0: audio only
+    frame_shape: tuple[int, int, int]  # (H, W, 3)
+
+
+def _meta(sample: dict[str, Any]) -> dict[str, Any]:
     key = sample.get("__key__", "?")
     for member in ("json", "flac"):
         if member not in sample:
             raise ShardError(f"sample {key!r} has no {member!r} member (members: {sorted(sample)}); is this an avssl shard?")
-    meta = json.loads(sample["json"])
-    audio, rate = _decode_flac(sample["flac"])
+    return json.loads(sample["json"])
+
+
+def sample_info(sample: dict[str, Any]) -> SampleInfo:
+    """The lengths of a raw WebDataset sample (parses only its ``json`` member): choose a window, then decode it."""
+    meta = _meta(sample)
+    return SampleInfo(
+        key=meta["key"], sample_rate=int(meta["sample_rate"]), num_samples=int(meta["num_samples"]),
+        fps=float(meta["fps"]), num_frames=int(meta["num_frames"]), frame_shape=tuple(meta["frame_shape"]),
+    )
+
+
+def decode_sample(
+    sample: dict[str, Any], start: float | None = None, seconds: float | None = None, frames: bool = True
+) -> Clip:
+    """A raw WebDataset sample dict (member extension -> bytes, plus ``"__key__"``) to a :class:`Clip`.
+
+    Without ``start``/``seconds`` the whole clip is decoded. With them, only the window is (times in
+    seconds from the stored clip's start): audio samples ``s0 = round(start * sample_rate)`` to
+    ``s0 + round(seconds * sample_rate)`` (a FLAC seek, sample exact) and ``round(seconds * fps)``
+    frames from the first one shown at or after ``start`` (``ceil(start * fps)``; other JPEGs are not
+    decoded, H.264 decodes up to the window's end). The window equals the same slice of a full
+    decode; it is cut short at the clip's end (no padding). The returned clip's times are relative
+    to the window (``meta["window_start"] = start``; frame 0 shows ``ceil(start * fps) / fps``, which
+    is ``start`` when the window starts on a frame). ``frames=False`` decodes no frames (``T = 0``).
+    """
+    key = sample.get("__key__", "?")
+    meta = _meta(sample)
+    num_samples, num_frames, fps = int(meta["num_samples"]), int(meta["num_frames"]), float(meta["fps"])
+    rate = int(meta["sample_rate"])
+    window = start is not None or seconds is not None
+    start = 0.0 if start is None else float(start)
+    if start < 0 or (seconds is not None and seconds < 0):
+        raise ShardError(f"sample {key!r}: window start={start}, seconds={seconds} must not be negative")
+    s0 = int(round(start * rate))
+    count = -1 if seconds is None else int(round(seconds * rate))
+    f0 = min(num_frames, int(math.ceil(start * fps - 1e-6)))
+    f1 = num_frames if seconds is None else min(num_frames, f0 + int(round(seconds * fps)))
+    audio, rate, total = _decode_flac(sample["flac"], s0, count)
     shape = tuple(meta["frame_shape"])
     fmt = meta.get("frame_format")
-    if not meta["num_frames"]:
-        frames = np.zeros((0, *shape), np.uint8)
+    member = _FRAME_MEMBER.get(fmt)
+    if frames and f0 < f1 and member not in sample:
+        raise ShardError(f"sample {key!r} has no {member!r} member for its {fmt} frames (members: {sorted(sample)})")
+    if not frames or f0 >= f1:
+        video = np.zeros((0, *shape), np.uint8)
     elif fmt == "jpeg":
-        frames = _decode_jpegs(sample["jpgs"], meta["frame_bytes"], shape)
+        video = _decode_jpegs(sample["jpgs"], meta["frame_bytes"], shape, f0, f1)
     elif fmt == "raw":
-        frames = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+        video = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+        if len(video) != num_frames:
+            raise ShardError(f"sample {key!r}: stores {len(video)} frames, metadata says {num_frames}")
+        video = video[f0:f1]
     elif fmt == "h264":
-        frames = _decode_h264(sample["mp4"])
+        video = _decode_h264(sample["mp4"], f0, f1)
     else:
         raise ShardError(f"sample {key!r}: unknown frame_format {fmt!r}")
-    if len(frames) != meta["num_frames"] or len(audio) != meta["num_samples"]:
+    if (frames and len(video) != max(0, f1 - f0)) or total != num_samples:
         raise ShardError(
-            f"sample {key!r}: decoded {len(frames)} frames / {len(audio)} samples, "
-            f"metadata says {meta['num_frames']} / {meta['num_samples']}"
+            f"sample {key!r}: decoded {len(video)} frames (of {f0}:{f1}) / {total} audio samples, "
+            f"metadata says {num_frames} / {num_samples}"
         )
     storage = ("key", "schema", "sample_rate", "num_samples", "fps", "num_frames", "frame_shape", "frame_format", "frame_bytes")
-    return Clip(
-        key=meta["key"],
-        audio=audio,
-        sample_rate=rate,
-        frames=frames,
-        fps=float(meta["fps"]),
-        meta={k: v for k, v in meta.items() if k not in storage},
-    )
+    info = {k: v for k, v in meta.items() if k not in storage}
+    if window:
+        info["window_start"] = start
+    return Clip(key=meta["key"], audio=audio, sample_rate=rate, frames=video, fps=fps, meta=info)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
