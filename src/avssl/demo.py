@@ -304,6 +304,9 @@ def run_demo_pipeline(
 
     t_start = time.perf_counter()
     load_start = os.getloadavg()[0]
+    if load_start > (os.cpu_count() or 1):
+        log.warning("the machine is busy (load average %.1f on %d CPUs): the same budget buys fewer training steps",
+                    load_start, os.cpu_count() or 1)
     deadline = t_start + 60.0 * minutes
     out = Path(out)
     report = out / "report"
