@@ -95,3 +95,13 @@ def test_export_mode_equals_stft_and_is_batch_invariant():
 def test_logmel_rejects_wrong_rank():
     with pytest.raises(ValueError, match=r"\[B, N\]"):
         LogMel()(torch.zeros(16000))
+
+
+def test_wav_fast_path_equals_ffmpeg_decode(tmp_path):
+    import av  # noqa: F401  (the reference decode goes through FFmpeg: same file, other suffix)
+
+    x = _tone(523, 0.7, 8000) * np.linspace(0, 1, 5600, dtype=np.float32)
+    wav = encode_audio(tmp_path / "a.wav", x, 8000)
+    renamed = tmp_path / "a.bin"
+    renamed.write_bytes(wav.read_bytes())
+    np.testing.assert_allclose(load_audio(wav, 16000), load_audio(renamed, 16000), atol=1e-6)

@@ -134,6 +134,13 @@ def test_build_model_views_and_presets():
     assert list(build_model(cfg).towers) == ["spec"]
     assert tower_name("video", "paper", 50) == "tsm-resnet50"
     assert tower_name("wave", "small") == "res1dnet-small"
+    assert tower_name("spec", "tiny", spec_arch="resnet") == "spec-resnet-tiny"
+    resnet = build_model(load_config("tiny", ["model.spec_arch=resnet", "model.views=[spec]"])).towers["spec"]
+    expected = create_model("spec-resnet-tiny")
+    assert [tuple(p.shape) for p in resnet.parameters()] == [tuple(p.shape) for p in expected.parameters()]
+    assert sorted(resnet.state_dict()) != sorted(create_model("cnn14-tiny").state_dict())
+    with pytest.raises(ValueError, match="spec_arch"):
+        tower_name("spec", "tiny", spec_arch="vit")
     with pytest.raises(ValueError, match="preset"):
         build_model(load_config("tiny", ["model.preset=huge"]))
     with pytest.raises(ValueError, match="view"):

@@ -66,6 +66,7 @@ class ModelConfig:
     embed_dim: int = 128  # shared contrastive space
     views: list[str] = field(default_factory=lambda: ["spec", "wave", "video"])
     video_depth: int = 18  # 18 | 50 (TSM-ResNet)
+    spec_arch: str = "cnn14"  # cnn14 | resnet: the spectrogram tower's family
 
 
 @dataclass

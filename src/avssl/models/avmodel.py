@@ -56,12 +56,17 @@ class AVModel(nn.Module):
         return out
 
 
-def tower_name(view: str, preset: str, video_depth: int = 18) -> str:
+SPEC_ARCHS = ("cnn14", "resnet")
+
+
+def tower_name(view: str, preset: str, video_depth: int = 18, spec_arch: str = "cnn14") -> str:
     """Registry name of the tower a preset uses for ``view`` (e.g. ``("spec", "tiny") -> "cnn14-tiny"``)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; use one of {', '.join(PRESETS)}")
+    if spec_arch not in SPEC_ARCHS:
+        raise ValueError(f"unknown model.spec_arch {spec_arch!r}; use one of {', '.join(SPEC_ARCHS)}")
     suffix = "" if preset == "paper" else f"-{preset}"
-    base = {"spec": "cnn14", "wave": "res1dnet", "video": f"tsm-resnet{video_depth}"}
+    base = {"spec": "cnn14" if spec_arch == "cnn14" else "spec-resnet", "wave": "res1dnet", "video": f"tsm-resnet{video_depth}"}
     if view not in base:
         raise ValueError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
     return base[view] + suffix
@@ -81,6 +86,6 @@ def build_model(cfg: Config) -> AVModel:
     if len(set(m.views)) != len(m.views):
         raise ValueError(f"model.views has duplicates: {m.views}")
     towers = {
-        v: create_model(tower_name(v, m.preset, m.video_depth), width=m.width, **overrides.get(v, {})) for v in m.views
+        v: create_model(tower_name(v, m.preset, m.video_depth, m.spec_arch), width=m.width, **overrides.get(v, {})) for v in m.views
     }
     return AVModel(towers, m.embed_dim)
