@@ -105,3 +105,15 @@ def test_wav_fast_path_equals_ffmpeg_decode(tmp_path):
     renamed = tmp_path / "a.bin"
     renamed.write_bytes(wav.read_bytes())
     np.testing.assert_allclose(load_audio(wav, 16000), load_audio(renamed, 16000), atol=1e-6)
+
+
+def test_media_suffix_sets_are_shared_and_consistent(tmp_path):
+    from avssl import embed, ingest, tasks
+    from avssl.audio import AUDIO_SUFFIXES, LIST_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES
+
+    assert not AUDIO_SUFFIXES & VIDEO_SUFFIXES and MEDIA_SUFFIXES == AUDIO_SUFFIXES | VIDEO_SUFFIXES
+    assert not MEDIA_SUFFIXES & LIST_SUFFIXES and all(s == s.lower() and s.startswith(".") for s in MEDIA_SUFFIXES)
+    assert ingest.MEDIA_SUFFIXES is embed.MEDIA_SUFFIXES is tasks.MEDIA_SUFFIXES is MEDIA_SUFFIXES
+    for name in ("a.WAV", "b.aiff", "c.mp4", "d.ts", ".hidden.wav", "e.txt", "f.npz"):
+        (tmp_path / name).touch()
+    assert [p.name for p in tasks._audio_files(tmp_path)] == ["a.WAV", "b.aiff", "c.mp4", "d.ts"]

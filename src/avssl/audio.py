@@ -17,6 +17,14 @@ from torch import nn
 from .config import AudioConfig
 
 
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".aif", ".aiff"})
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".wmv", ".ogv"}
+)
+MEDIA_SUFFIXES = AUDIO_SUFFIXES | VIDEO_SUFFIXES  # what folder inputs (ingest, embed, eval tasks) pick up
+LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})  # list-file inputs: one media path per line
+
+
 class AudioDecodeError(RuntimeError):
     """A file could not be decoded to audio; the message names the file and why."""
 

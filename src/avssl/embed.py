@@ -38,18 +38,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .audio import LogMel, _to_float, load_audio, resample
+from .audio import LIST_SUFFIXES, MEDIA_SUFFIXES, LogMel, _to_float, load_audio, resample
 from .checkpoint import load_checkpoint
 from .config import Config
 from .models import AUDIO_VIEWS, build_model
 
 log = logging.getLogger(__name__)
-
-MEDIA_SUFFIXES = {  # folder inputs: the files with these suffixes (same set as avssl.ingest, plus audio-only ones)
-    ".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".aif", ".aiff",
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".wmv", ".ogv",
-}  # fmt: skip
-LIST_SUFFIXES = {".txt", ".lst", ".list"}
 
 AudioInput = np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor]
 

@@ -33,17 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .audio import LIST_SUFFIXES, MEDIA_SUFFIXES
 from .config import Config, load_config, save_config
 from .shards import MANIFEST, SCHEMA_VERSION, Clip, encode_sample
 from .video import MediaError, decode_video, frame_count
 
 log = logging.getLogger(__name__)
 
-MEDIA_SUFFIXES = {
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".wmv", ".ogv",
-    ".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac",
-}  # fmt: skip
-LIST_SUFFIXES = {".txt", ".lst", ".list"}
 VGGSOUND_SEGMENT_SECONDS = 10.0  # vggsound.csv rows give only a start; segments are 10 s long
 STATE_DIR = ".ingest"
 MIN_SECONDS_TOLERANCE = 0.01  # container timestamps are often rounded to 1 ms per frame

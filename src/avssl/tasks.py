@@ -26,11 +26,10 @@ from typing import Callable
 
 import numpy as np
 
+from .audio import MEDIA_SUFFIXES
+
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".mkv", ".avi", ".mov"}
-)
 CV_FOLDS = 5
 CV_SEED = 0  # fixed: the folds of a cross-validated task never change between runs or models
 SPEECH_COMMANDS_12 = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -138,7 +137,7 @@ def _audio_files(folder: Path) -> list[Path]:
     """Audio/video files below ``folder`` (recursive, sorted, hidden files skipped)."""
     return sorted(
         p for p in folder.rglob("*")
-        if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        if p.suffix.lower() in MEDIA_SUFFIXES and not p.name.startswith(".") and p.is_file()
     )
 
 
