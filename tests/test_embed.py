@@ -274,3 +274,14 @@ def test_real_file_round_trip(shared_data, tiny_ckpt, embedder):
     video = next((shared_data / "videos").rglob("*.mp4"))
     emb, secs = model.embed_timestamps(load_audio(video, 16000), 16000, hop=0.1)
     assert emb.shape == (1, len(secs), model.embedding_dim) and np.isfinite(emb).all()
+
+
+def test_file_sha1_is_sha1_of_the_bytes(tmp_path, tiny_ckpt):
+    import hashlib
+
+    from avssl.checkpoint import file_sha1
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(np.random.default_rng(0).bytes(3 * (1 << 20) + 5))  # spans several read blocks
+    for p in (big, tiny_ckpt):
+        assert file_sha1(p) == hashlib.sha1(p.read_bytes()).hexdigest()

@@ -7,6 +7,7 @@ scheduler, step and RNG states. Inference code needs only this module and ``avss
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,15 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or of an unknown format."""
+
+
+def file_sha1(path: str | Path) -> str:
+    """Hex SHA-1 of a file's bytes (read in 1 MiB blocks), e.g. to identify a checkpoint."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .audio import LIST_SUFFIXES, MEDIA_SUFFIXES, LogMel, _to_float, load_audio, resample
-from .checkpoint import load_checkpoint
+from .checkpoint import file_sha1, load_checkpoint
 from .config import Config
 from .models import AUDIO_VIEWS, build_model
 
@@ -299,14 +299,6 @@ def _node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]
     return num_nodes, node_rank
 
 
-def _sha1(path: str | Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_settings(out_dir: Path, settings: dict, **info: Any) -> None:
     """Write ``out_dir/embed.json`` on the first run; on later runs (resume) refuse other ``settings``."""
     path = out_dir / "embed.json"
@@ -340,7 +332,7 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     embedder = load_model(checkpoint, device=device, view=view, overlap=overlap)
     _check_settings(out_dir, {
-        "checkpoint_sha1": _sha1(checkpoint), "view": view, "timestamps": timestamps,
+        "checkpoint_sha1": file_sha1(checkpoint), "view": view, "timestamps": timestamps,
         "hop": hop if timestamps else None, "sample_rate": embedder.sample_rate, "embedding_dim": embedder.embedding_dim,
         "window_seconds": embedder.window / embedder.sample_rate, "overlap": 1 - embedder.window_hop / embedder.window,
     }, checkpoint=str(Path(checkpoint).resolve()))

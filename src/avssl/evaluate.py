@@ -306,14 +306,6 @@ def _slug(text: str) -> str:
     return safe if safe == text else f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha1()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
 def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", seed: int = 0) -> ModelRef:
     """``logmel-stats`` | ``mfcc-stats`` | ``random-init:PRESET_OR_CKPT`` (the architecture of a
     config preset or checkpoint, untrained, initialised with ``seed``) | a checkpoint path."""
@@ -342,9 +334,10 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
             f"model {spec!r} is not a checkpoint file, a baseline ({', '.join(BASELINES)}) "
             "or random-init:PRESET_OR_CKPT"
         )
+    from .checkpoint import file_sha1
     from .embed import load_model
 
-    return ModelRef(spec, _slug(f"{path.stem}-{_file_hash(path)}-{view}"), load_model(path, device=device, view=view))
+    return ModelRef(spec, _slug(f"{path.stem}-{file_sha1(path)[:12]}-{view}"), load_model(path, device=device, view=view))
 
 
 def _config_hash(cfg: AudioConfig) -> str:
