@@ -117,3 +117,13 @@ def test_media_suffix_sets_are_shared_and_consistent(tmp_path):
     for name in ("a.WAV", "b.aiff", "c.mp4", "d.ts", ".hidden.wav", "e.txt", "f.npz"):
         (tmp_path / name).touch()
     assert [p.name for p in tasks._audio_files(tmp_path)] == ["a.WAV", "b.aiff", "c.mp4", "d.ts"]
+
+
+def test_pcm_to_float_scales_integer_pcm():
+    from avssl.audio import pcm_to_float
+
+    np.testing.assert_array_equal(pcm_to_float(np.array([-32768, 0, 16384], np.int16)), [-1.0, 0.0, 0.5])
+    np.testing.assert_array_equal(pcm_to_float(np.array([0, 128, 192], np.uint8)), [-1.0, 0.0, 0.5])
+    np.testing.assert_array_equal(pcm_to_float(np.array([-(2**31), 2**30], np.int32)), [-1.0, 0.5])
+    x = np.array([0.25, -2.0], np.float64)
+    assert pcm_to_float(x).dtype == np.float32 and np.array_equal(pcm_to_float(x), x)

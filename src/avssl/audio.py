@@ -100,7 +100,7 @@ def frame_to_mono(frame) -> np.ndarray:
         arr = arr.reshape(channels, -1)
     else:
         arr = arr.reshape(-1, channels).T
-    return _to_float(arr).mean(axis=0)
+    return pcm_to_float(arr).mean(axis=0)
 
 
 def stream_end_time(stream) -> float | None:
@@ -146,8 +146,9 @@ def place_on_timeline(
     return out
 
 
-def _to_float(arr: np.ndarray) -> np.ndarray:
-    """Integer PCM to float32 in [-1, 1]; float stays float."""
+def pcm_to_float(arr: np.ndarray) -> np.ndarray:
+    """Integer PCM samples (any shape) to float32 in [-1, 1) (signed: / 2**(bits-1); uint8: centred on 128);
+    float input is only cast to float32."""
     if arr.dtype.kind == "f":
         return arr.astype(np.float32)
     if arr.dtype == np.uint8:

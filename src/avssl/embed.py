@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .audio import LIST_SUFFIXES, MEDIA_SUFFIXES, LogMel, _to_float, load_audio, resample
+from .audio import LIST_SUFFIXES, MEDIA_SUFFIXES, LogMel, load_audio, pcm_to_float, resample
 from .checkpoint import file_sha1, load_checkpoint
 from .config import Config
 from .models import AUDIO_VIEWS, build_model
@@ -200,7 +200,7 @@ def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "fiu":
         raise ValueError(f"audio must be a numeric array, got dtype {x.dtype}")
-    return _to_float(x)  # integer PCM -> [-1, 1]
+    return pcm_to_float(x)  # integer PCM -> [-1, 1]
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None, view: str = "spec",
