@@ -203,7 +203,7 @@ def test_evaluate_end_to_end_and_cli(tmp_path):
 
 
 def _slug(text):
-    from avssl.evaluate import _slug as slug
+    from avssl.reports import slug
 
     return slug(text)
 
