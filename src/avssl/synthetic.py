@@ -39,12 +39,11 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from .audio import load_audio
+from .audio import AUDIO_SUFFIXES, load_audio
 from .video import encode_video
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac"}
 PITCH_RANGE_HZ = (110.0, 660.0)  # log-uniform per clip, independent of the class
 NOTE_MAX_SECONDS = 0.8
 
