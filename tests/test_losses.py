@@ -105,3 +105,19 @@ def test_bad_configs_are_named():
     with pytest.raises(ValueError, match="mix matrix"):
         ContrastiveLoss(LossConfig())(_emb(), torch.eye(5))
     assert parse_pair("wave-video") == ("wave", "video")
+
+
+def test_two_crop_pair_compares_a_view_with_its_second_crop():
+    g = torch.Generator().manual_seed(3)
+    spec, spec2, video = (torch.randn(6, 8, generator=g) for _ in range(3))
+    mix = torch.eye(6).roll(1, dims=1) * 0.3 + torch.eye(6) * 0.7  # audio-video soft targets
+    both = ContrastiveLoss(LossConfig(pairs=["spec-spec", "spec-video"], weights={"spec-spec": 2.0}))
+    out = both({"spec": spec, "spec2": spec2, "video": video}, mix)
+    # the same numbers as a cross-view audio pair fed the second crop: one-hot targets, weight applied
+    ref = ContrastiveLoss(LossConfig(pairs=["spec-wave"]))({"spec": spec, "wave": spec2}, mix)["nce/spec-wave"]
+    torch.testing.assert_close(out["nce/spec-spec"], 2.0 * ref)
+    alone = ContrastiveLoss(LossConfig(pairs=["spec-video"]))({"spec": spec, "video": video}, mix)["nce/spec-video"]
+    torch.testing.assert_close(out["nce/spec-video"], alone)
+    assert parse_pair("wave-wave") == ("wave", "wave2")
+    with pytest.raises(ValueError, match="audio view"):
+        parse_pair("video-video")

@@ -128,9 +128,9 @@ def _rank_main(rank: int, world: int, port: int, shards: str, out: str) -> None:
     import avssl.train as train
 
     built, losses = [], []
-    build, make_loss = train.build_model, train.PairLosses
+    build, make_loss = train.build_model, train.ContrastiveLoss
     train.build_model = lambda cfg: built.append(build(cfg)) or built[-1]
-    train.PairLosses = lambda cfg: losses.append(make_loss(cfg)) or losses[-1]
+    train.ContrastiveLoss = lambda cfg: losses.append(make_loss(cfg)) or losses[-1]
     cfg = load_config("tiny", BASE + ["train.steps=3", "train.ckpt_every=2", "data.num_workers=0",
                                       "loss.learn_temperature=true"])
     train.pretrain(cfg, shards, out, progress=False)
@@ -154,8 +154,8 @@ def test_two_ranks_end_with_identical_parameters(shards, tmp_path):
         assert torch.equal(r0[k], r1[k]), k
         assert torch.equal(r0[k], state["model"][k]), k
     t0, t1 = torch.load(out / "loss0.pt"), torch.load(out / "loss1.pt")  # the learnable temperature, outside DDP
-    assert torch.equal(t0["losses.cross.log_scale"], t1["losses.cross.log_scale"])
-    assert not torch.equal(t0["losses.cross.log_scale"], torch.tensor(math.log(10.0)))
+    assert torch.equal(t0["log_scale"], t1["log_scale"])
+    assert not torch.equal(t0["log_scale"], torch.tensor(math.log(10.0)))
     assert state["step"] == 3 and len(state["rng"]) == 2  # every rank's generator, for an exact resume
     assert [r["step"] for r in rows(out)] == [1, 2, 3]
 

@@ -20,14 +20,24 @@ from .distributed import all_gather_with_grad, get_rank, get_world_size
 AUDIO_VIEWS = ("spec", "wave")
 VIEWS = ("spec", "wave", "video")
 MAX_LOGIT_SCALE = 100.0  # a learnable temperature never drops below 0.01
+SECOND_CROP = "2"  # suffix of a view's embeddings on a second audio crop ("spec2"): two-crop pairs
 
 
 def parse_pair(pair: str) -> tuple[str, str]:
-    """``"spec-video"`` -> ``("spec", "video")``; raises naming the pair when malformed."""
+    """``"spec-video"`` -> ``("spec", "video")``; ``"spec-spec"`` (two-crop, audio views only) ->
+    ``("spec", "spec2")``, the embedding keys the pair compares. Raises naming the pair when malformed."""
     parts = pair.split("-")
-    if len(parts) != 2 or parts[0] == parts[1] or not set(parts) <= set(VIEWS):
-        raise ValueError(f"loss pair {pair!r} must be two different views joined by '-', views: {', '.join(VIEWS)}")
+    if len(parts) != 2 or not set(parts) <= set(VIEWS):
+        raise ValueError(f"loss pair {pair!r} must be two views joined by '-', views: {', '.join(VIEWS)}")
+    if parts[0] == parts[1]:
+        if parts[0] not in AUDIO_VIEWS:
+            raise ValueError(f"loss pair {pair!r}: two-crop pairs need an audio view ({', '.join(AUDIO_VIEWS)})")
+        return parts[0], parts[0] + SECOND_CROP
     return parts[0], parts[1]
+
+
+def _is_audio(key: str) -> bool:
+    return key.removesuffix(SECOND_CROP) in AUDIO_VIEWS
 
 
 def _row_normalise(m: torch.Tensor) -> torch.Tensor:
@@ -40,7 +50,8 @@ class ContrastiveLoss(nn.Module):
     ranks, and ``cfg.local_loss`` (each rank scores only its own rows against all columns).
 
     ``forward(emb, mix)``: ``emb`` maps views to ``[B, D]`` (not necessarily normalised; pairs with
-    a missing view are skipped). ``mix`` (``[B, B]``, from :func:`avssl.augment.mix`) is the
+    a missing view are skipped). A two-crop pair ``"v-v"`` compares ``emb[v]`` with ``emb[v + "2"]``,
+    the same view on a second crop of each clip (COLA-style). ``mix`` (``[B, B]``, from :func:`avssl.augment.mix`) is the
     audio -> video correspondence: row ``i`` is the distribution over the batch's video clips that
     clip ``i``'s audio is a positive for. Audio -> video targets are its rows, video -> audio
     targets the rows of its row-normalised transpose; audio <-> audio pairs (both from the same
@@ -58,7 +69,8 @@ class ContrastiveLoss(nn.Module):
         unknown = set(cfg.weights) - set(cfg.pairs)
         if unknown:
             raise ValueError(f"loss.weights names pairs not in loss.pairs: {sorted(unknown)}; pairs: {cfg.pairs}")
-        self.weights = {p: float(cfg.weights.get(p, 1.0)) for p in cfg.pairs}
+        self.names = {pair: f"nce/{p}" for pair, p in zip(self.pairs, cfg.pairs)}
+        self.weights = {pair: float(cfg.weights.get(p, 1.0)) for pair, p in zip(self.pairs, cfg.pairs)}
         if cfg.temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {cfg.temperature}")
         init = torch.tensor(math.log(1.0 / cfg.temperature))
@@ -111,9 +123,9 @@ class ContrastiveLoss(nn.Module):
                 logits_ab = scale * gathered[a] @ gathered[b].T  # [G, G]
                 logits_ba = logits_ab.T
             targets_ab = targets_ba = labels
-            if corr is not None and (a in AUDIO_VIEWS) != (b in AUDIO_VIEWS):
-                c = corr if a in AUDIO_VIEWS else corr.T
+            if corr is not None and _is_audio(a) != _is_audio(b):
+                c = corr if _is_audio(a) else corr.T
                 targets_ab, targets_ba = _row_normalise(c)[rows], _row_normalise(c.T)[rows]
             loss = 0.5 * (F.cross_entropy(logits_ab, targets_ab) + F.cross_entropy(logits_ba, targets_ba))
-            out[f"nce/{a}-{b}"] = self.weights[f"{a}-{b}"] * loss
+            out[self.names[(a, b)]] = self.weights[(a, b)] * loss
         return out

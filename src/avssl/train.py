@@ -37,17 +37,15 @@ from torch import nn
 from . import distributed as dist
 from .augment import augment, mix
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, LossConfig, load_config, save_config
+from .config import Config, ConfigError, load_config, save_config
 from .data import Batch, make_loader
-from .losses import ContrastiveLoss
+from .losses import AUDIO_VIEWS, SECOND_CROP, ContrastiveLoss, parse_pair
 from .models import build_model
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint-prev.pt"
-AUDIO_VIEWS = ("spec", "wave")
-SECOND_CROP = "2"  # suffix of a view's embeddings on the second audio crop (two-crop runs)
 STOP_CHECK_EVERY = 10  # steps between the ranks' stop votes (signal / time limit) when distributed
 
 
@@ -66,16 +64,14 @@ def plan_views(cfg: Config) -> bool:
         raise ConfigError("loss.pairs is empty; name at least one pair such as spec-video")
     two_crop = False
     for pair in cfg.loss.pairs:
-        parts = pair.split("-")
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(f"loss.pairs: {pair!r} is not of the form view-view (e.g. spec-video)")
-        missing = [v for v in parts if v not in views]
+        try:
+            keys = parse_pair(pair)
+        except ValueError as e:
+            raise ConfigError(f"loss.pairs: {e}") from None
+        missing = [k.removesuffix(SECOND_CROP) for k in keys if k.removesuffix(SECOND_CROP) not in views]
         if missing:
             raise ConfigError(f"loss.pairs: {pair!r} uses {missing[0]!r}, which is not in model.views={sorted(views)}")
-        if parts[0] == parts[1]:
-            if parts[0] not in AUDIO_VIEWS:
-                raise ConfigError(f"loss.pairs: {pair!r}: two-crop pairs need an audio view ({', '.join(AUDIO_VIEWS)})")
-            two_crop = True
+        two_crop |= keys[1].endswith(SECOND_CROP)
     return two_crop
 
 
@@ -255,43 +251,6 @@ def _stop_on_signals() -> Iterator[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- loop
 
 
-class PairLosses(nn.Module):
-    """:class:`avssl.losses.ContrastiveLoss` over ``cfg.pairs``, plus two-crop pairs.
-
-    Cross-view pairs go to one ``ContrastiveLoss``. A self-pair ``"v-v"`` compares view ``v`` on the
-    first crop (``emb[v]``) with ``v`` on the second (``emb[v + "2"]``) through its own
-    ``ContrastiveLoss`` (audio-audio pairs always use one-hot targets), with ``v``'s second crop
-    passed under the other audio view's name. ``forward`` returns ``{"nce/PAIR": loss}`` for every pair.
-    """
-
-    def __init__(self, cfg: LossConfig) -> None:
-        super().__init__()
-        self.self_pairs = [p for p in cfg.pairs if p.split("-")[0] == p.split("-")[-1]]
-        cross = [p for p in cfg.pairs if p not in self.self_pairs]
-        self.losses = nn.ModuleDict()
-        if cross:
-            weights = {p: w for p, w in cfg.weights.items() if p in cross}
-            self.losses["cross"] = ContrastiveLoss(replace(cfg, pairs=cross, weights=weights))
-        for p in self.self_pairs:
-            stand_in = f"{p.split('-')[0]}-{self._stand_in(p)}"
-            weights = {stand_in: cfg.weights[p]} if p in cfg.weights else {}
-            self.losses[p] = ContrastiveLoss(replace(cfg, pairs=[stand_in], weights=weights))
-
-    @staticmethod
-    def _stand_in(pair: str) -> str:
-        return next(v for v in AUDIO_VIEWS if v != pair.split("-")[0])
-
-    def forward(self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        out = {}
-        if "cross" in self.losses:
-            out.update(self.losses["cross"]({k: v for k, v in emb.items() if not k.endswith(SECOND_CROP)}, mix))
-        for p in self.self_pairs:
-            v = p.split("-")[0]
-            (loss,) = self.losses[p]({v: emb[v], self._stand_in(p): emb[v + SECOND_CROP]}, mix).values()
-            out[f"nce/{p}"] = loss
-        return out
-
-
 def _embed(model: nn.Module, batch: Batch, two_crop: bool, use_video: bool) -> dict[str, torch.Tensor]:
     """Embeddings of every view; in two-crop runs the audio views on ``audio2`` get the suffix ``2``."""
     emb = model(batch.audio, batch.frames if use_video else None)
@@ -341,7 +300,7 @@ class Trainer:
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.loss_fn = PairLosses(cfg.loss).to(device)
+        self.loss_fn = ContrastiveLoss(cfg.loss).to(device)
         self.params = [p for p in [*model.parameters(), *self.loss_fn.parameters()] if p.requires_grad]
         self.optimizer = build_optimizer(self.params, cfg)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
