@@ -160,7 +160,7 @@ def test_errors_are_clear(shards, tmp_path):
         make_loader(tmp_path / "empty", cfg)
     with pytest.raises(DataError, match=r"fps=8.0 but the config has video.fps=10.0; train with --set video.fps=8.0"):
         make_loader(shards, data_config("video.fps=10"))
-    with pytest.raises(DataError, match="video.size"):
+    with pytest.raises(DataError, match="video.size"):  # larger than the stored frames: cannot upscale
         make_loader(shards, data_config("video.size=64"))
     with pytest.raises(DataError, match="audio.sample_rate"):
         make_loader(shards, data_config("audio.sample_rate=22050"))
@@ -200,3 +200,21 @@ def test_windowed_crop_equals_crop_of_full_decode(fmt):
                     np.testing.assert_array_equal(a2, crop_clip(full.audio, None, 1.0, SR, FPS, rng)[0])
                 else:
                     assert a2 is None
+
+
+def test_loader_downscales_larger_shards(shards):
+    """Shards ingested at 16 px serve an 8 px run: every frame is the 2x2 area mean of the stored one."""
+    from avssl.data import resize_frames
+
+    frames = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3)).astype(np.uint8)
+    small = resize_frames(frames, SIZE // 2)
+    ref = frames.reshape(3, SIZE // 2, 2, SIZE // 2, 2, 3).astype(np.float64).mean(axis=(2, 4))
+    assert small.shape == (3, SIZE // 2, SIZE // 2, 3)
+    assert np.abs(small.astype(np.float64) - ref).max() <= 1.0  # PIL rounds the mean
+    assert resize_frames(frames, SIZE) is frames
+    batch = next(iter(make_loader(shards, data_config(f"video.size={SIZE // 2}"))))
+    assert batch.frames.shape[-2:] == (SIZE // 2, SIZE // 2)
+    full = next(iter(make_loader(shards, data_config())))
+    assert full.keys == batch.keys  # same stream, only the frame size differs
+    pooled = full.frames.double().reshape(*full.frames.shape[:3], SIZE // 2, 2, SIZE // 2, 2).mean(dim=(4, 6))
+    assert (pooled - batch.frames.double()).abs().max() <= 1.0

@@ -159,6 +159,8 @@ def check_manifest(manifest: dict[str, Any], cfg: Config, where: str = "shards")
         have = params.get(key)
         if have is None:
             raise DataError(f"{where}: manifest.json has no params.{key}; re-ingest with this version of avssl")
+        if key == "size" and float(have) >= float(want):
+            continue  # frames larger than video.size are downscaled by the loader (resize_frames)
         if not math.isclose(float(have), float(want)):
             raise DataError(
                 f"{where}: shards were ingested with {key}={have} but the config has {fixes[key]}={want}; "
@@ -196,6 +198,16 @@ def choose_crop(
     seconds = min(num_samples / sample_rate, num_frames / fps) if num_frames else num_samples / sample_rate
     f0 = int(rng.integers(0, max(0, int(math.floor((seconds - crop_seconds) * fps + 1e-6))) + 1))
     return int(round(f0 / fps * sample_rate)), f0
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """``uint8[T, H, W, 3]`` -> ``uint8[T, size, size, 3]`` by area averaging (PIL ``BOX``); unchanged when
+    already that size. Shards ingested at a higher resolution thus serve runs at any lower ``video.size``."""
+    if frames.shape[1:3] == (size, size) or len(frames) == 0:
+        return frames
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BOX)) for f in frames])
 
 
 def _fit(audio: np.ndarray, frames: np.ndarray | None, n: int, t: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -252,7 +264,7 @@ def crop_sample(
     clip = decode_sample(sample, start=start / sr if f0 is None else f0 / fps, seconds=crop_seconds, frames=with_frames)
     frames = None
     if with_frames:
-        frames = clip.frames if info.num_frames else np.zeros((0, frame_size, frame_size, 3), np.uint8)
+        frames = resize_frames(clip.frames, frame_size) if info.num_frames else np.zeros((0, frame_size, frame_size, 3), np.uint8)
     audio, frames = _fit(clip.audio, frames, n, t)
     audio2 = None
     if second is not None:
