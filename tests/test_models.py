@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -168,3 +169,36 @@ def test_spec_mask_only_in_training_and_seeded():
     plain = build_model(load_config("tiny")).towers["spec"]
     plain.load_state_dict(tower.state_dict())
     torch.testing.assert_close(plain.eval()(AUDIO), tower(AUDIO))
+
+
+def test_layer_features_are_block_statistics():
+    """``features="layers"``: mean and std over time of every block's output, block after block; the
+    last block's time means, averaged over frequency, equal the mean of ``forward_features``."""
+    from avssl.config import load_config
+    from avssl.embed import Embedder
+    from avssl.models import build_model
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny")
+    tower = build_model(cfg).towers["spec"].eval()
+    wave = torch.randn(2, int(cfg.data.crop_seconds * cfg.audio.sample_rate))
+    outs = []
+    hooks = [b.register_forward_hook(lambda m, i, o: outs.append(o.detach())) for b in tower.blocks]
+    with torch.no_grad():
+        feats = tower.forward_features(wave)
+    for h in hooks:
+        h.remove()
+    ref = []
+    for o in outs:  # [B, C, T, F]
+        flat = o.permute(0, 2, 1, 3).flatten(2)
+        ref += [flat.mean(1), flat.std(1, unbiased=False)]
+    emb = Embedder(tower, cfg, features="layers").embed(wave.numpy(), cfg.audio.sample_rate)
+    assert emb.shape == (2, sum(2 * o.shape[1] * o.shape[3] for o in outs))
+    np.testing.assert_allclose(emb, torch.cat(ref, 1).numpy(), rtol=1e-4, atol=1e-5)
+    last = outs[-1]
+    c, f = last.shape[1], last.shape[3]
+    start = emb.shape[1] - 2 * c * f
+    last_mean = torch.from_numpy(emb[:, start : start + c * f]).view(2, c, f).mean(-1)
+    torch.testing.assert_close(last_mean, feats.mean(1), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="features"):
+        Embedder(tower, cfg, features="nope")

@@ -131,6 +131,22 @@ class TrainConfig:
     sync_bn: bool = False
 
 
+EMBED_FEATURES = ("pooled", "layers")
+
+
+@dataclass
+class EmbedConfig:
+    """How a trained audio tower turns audio into embeddings (inference only: training never reads it).
+
+    ``features``: ``pooled`` = the tower's own clip pooling of its last block (mean + max over time,
+    ``feature_dim`` values); ``layers`` = mean and standard deviation over time of every block's output
+    (channels x frequency for the spectrogram tower), concatenated. ``window_seconds``: the window the
+    tower sees (0: the training crop, ``data.crop_seconds``)."""
+
+    features: str = "pooled"
+    window_seconds: float = 0.0
+
+
 @dataclass
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -142,6 +158,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -254,6 +271,8 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | dict | 
             raise ConfigError(f"{path}: {e}") from None
     if overrides:
         cfg = apply_overrides(cfg, overrides if isinstance(overrides, dict) else parse_set(list(overrides)))
+    if cfg.embed.features not in EMBED_FEATURES:
+        raise ConfigError(f"embed.features={cfg.embed.features!r}; use one of {', '.join(EMBED_FEATURES)}")
     return cfg
 
 

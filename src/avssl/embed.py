@@ -40,8 +40,9 @@ from tqdm.auto import tqdm
 from . import __version__
 from .audio import LIST_SUFFIXES, MEDIA_SUFFIXES, LogMel, load_audio, pcm_to_float, resample
 from .checkpoint import file_sha1, load_checkpoint
-from .config import Config
+from .config import EMBED_FEATURES, Config
 from .models import AUDIO_VIEWS, build_model
+from .models.layers import layer_stats
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,19 @@ class Embedder(nn.Module):
     """
 
     def __init__(self, tower: nn.Module, cfg: Config, view: str = "spec", window_seconds: float | None = None,
-                 overlap: float = 0.5, batch_size: int = 32):
+                 overlap: float = 0.5, batch_size: int = 32, features: str | None = None):
         super().__init__()
         self.tower = tower.eval()
         self.cfg = cfg
         self.view = view
         self.sample_rate = int(cfg.audio.sample_rate)
-        self.embedding_dim = int(tower.feature_dim)
+        self.features = features or cfg.embed.features
+        if self.features not in EMBED_FEATURES:
+            raise ValueError(f"features={self.features!r}; use one of {', '.join(EMBED_FEATURES)}")
         self.frame_hop_seconds = float(tower.frame_hop_seconds)
-        seconds = float(window_seconds if window_seconds is not None else cfg.data.crop_seconds)
+        if window_seconds is None:
+            window_seconds = cfg.embed.window_seconds or cfg.data.crop_seconds
+        seconds = float(window_seconds)
         if seconds <= 0:
             raise ValueError(f"window_seconds must be > 0, got {seconds}")
         if not 0 <= overlap < 1:
@@ -73,6 +78,15 @@ class Embedder(nn.Module):
         self.window = int(round(seconds * self.sample_rate))
         self.window_hop = max(1, int(round(self.window * (1 - overlap))))
         self.batch_size = int(batch_size)
+        self.embedding_dim = int(tower.feature_dim)
+        if self.features == "layers":
+            with torch.inference_mode():
+                probe = torch.zeros(1, self.window, device=next(tower.parameters()).device)
+                self.embedding_dim = int(self._pooled(probe).shape[1])
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Windows ``[M, window]`` -> clip features ``[M, D]`` as :attr:`features` says."""
+        return layer_stats(self.tower.forward_layers(x)) if self.features == "layers" else self.tower(x)
 
     @classmethod
     def from_model(cls, model: nn.Module, cfg: Config, view: str = "spec", **kwargs: Any) -> "Embedder":
@@ -139,7 +153,7 @@ class Embedder(nn.Module):
         clips = [np.pad(c, (0, self.window - len(c))) if len(c) < self.window else c for c in clips]
         starts = [self._window_starts(len(c)) for c in clips]
         jobs = [(i, s) for i, ss in enumerate(starts) for s in ss]
-        fn = self.tower.forward_features if features else self.tower.forward
+        fn = self.tower.forward_features if features else self._pooled
         outs = []
         for k in range(0, len(jobs), self.batch_size):
             x = np.stack([clips[i][s : s + self.window] for i, s in jobs[k : k + self.batch_size]])
@@ -317,7 +331,7 @@ def _check_settings(out_dir: Path, settings: dict, **info: Any) -> None:
 def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
                      view: str = "spec", device: str | None = None, timestamps: bool = False, hop: float = 0.1,
                      overlap: float = 0.5, num_nodes: int | None = None, node_rank: int | None = None,
-                     workers: int = 2, progress: bool = True) -> list[dict]:
+                     workers: int = 2, progress: bool = True, features: str | None = None) -> list[dict]:
     """Embed every file in ``inputs`` (see :func:`collect_inputs`) into ``out_dir``; return the index rows.
 
     One ``.npz`` per input under ``out_dir/embeddings/`` with ``embedding`` float32[D], ``seconds`` (the
@@ -330,8 +344,8 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     num_nodes, node_rank = _node_split(num_nodes, node_rank)
     if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
-    embedder = load_model(checkpoint, device=device, view=view, overlap=overlap)
-    _check_settings(out_dir, {
+    embedder = load_model(checkpoint, device=device, view=view, overlap=overlap, features=features)
+    _check_settings(out_dir, {"features": embedder.features,
         "checkpoint_sha1": file_sha1(checkpoint), "view": view, "timestamps": timestamps,
         "hop": hop if timestamps else None, "sample_rate": embedder.sample_rate, "embedding_dim": embedder.embedding_dim,
         "window_seconds": embedder.window / embedder.sample_rate, "overlap": 1 - embedder.window_hop / embedder.window,
@@ -421,6 +435,9 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.5,
                    help="fraction shared by consecutive windows on long audio (default 0.5; 0 = half the work)")
     p.add_argument("--view", default="spec", choices=AUDIO_VIEWS, help="which audio tower (default spec)")
+    p.add_argument("--features", default=None, choices=EMBED_FEATURES,
+                   help="pooled: last block, mean+max over time; layers: mean+std of every block "
+                   "(default: the checkpoint's embed.features)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--num-nodes", type=int, default=None, help="split the inputs across this many processes")
     p.add_argument("--node-rank", type=int, default=None, help="this process's share (0..num-nodes-1)")
@@ -431,7 +448,8 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
 def run_embed(args: argparse.Namespace) -> int:
     rows = embed_collection(args.checkpoint, args.inputs, args.out, view=args.view, device=args.device,
                             timestamps=args.timestamps, hop=args.hop, overlap=args.overlap, num_nodes=args.num_nodes,
-                            node_rank=args.node_rank, workers=args.workers, progress=not args.no_progress)
+                            node_rank=args.node_rank, workers=args.workers, progress=not args.no_progress,
+                            features=args.features)
     return 0 if any(r["status"] != "skipped" for r in rows) or not rows else 1
 
 

@@ -299,9 +299,12 @@ class ModelRef:
     encoder: Encoder
 
 
-def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", seed: int = 0) -> ModelRef:
+def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", seed: int = 0,
+                  features: str | None = None) -> ModelRef:
     """``logmel-stats`` | ``mfcc-stats`` | ``random-init:PRESET_OR_CKPT`` (the architecture of a
-    config preset or checkpoint, untrained, initialised with ``seed``) | a checkpoint path."""
+    config preset or checkpoint, untrained, initialised with ``seed``) | a checkpoint path.
+    ``features`` (``pooled`` | ``layers``, default: the config's ``embed.features``) is passed to the
+    :class:`avssl.embed.Embedder` of a model; baselines ignore it."""
     if spec in BASELINES:
         return ModelRef(spec, f"{spec}-{_config_hash(AudioConfig())}", StatsBaseline(spec))
     from .config import Config, config_json, load_config
@@ -319,8 +322,8 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
             torch.manual_seed(seed)
             model = build_model(replace(cfg, model=replace(cfg.model, views=[view])))
         cfg_id = hashlib.sha1(config_json(cfg).encode()).hexdigest()[:12]
-        encoder = Embedder.from_model(model, cfg, view=view).to(torch.device(device or "cpu"))
-        return ModelRef(spec, slug(f"random-init-{cfg_id}-s{seed}-{view}"), encoder)
+        encoder = Embedder.from_model(model, cfg, view=view, features=features).to(torch.device(device or "cpu"))
+        return ModelRef(spec, slug(f"random-init-{cfg_id}-s{seed}-{view}{_features_tag(encoder)}"), encoder)
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
@@ -330,8 +333,13 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
     from .checkpoint import file_sha1
     from .embed import load_model
 
-    cache_id = slug(f"{path.stem}-{file_sha1(path)[:12]}-{view}")
-    return ModelRef(spec, cache_id, load_model(path, device=device, view=view))
+    encoder = load_model(path, device=device, view=view, features=features)
+    return ModelRef(spec, slug(f"{path.stem}-{file_sha1(path)[:12]}-{view}{_features_tag(encoder)}"), encoder)
+
+
+def _features_tag(encoder: Any) -> str:
+    """Cache-id suffix of an embedder's feature choice (empty for the default, so old caches stay valid)."""
+    return "" if encoder.features == "pooled" else f"-{encoder.features}"
 
 
 def _config_hash(cfg: AudioConfig) -> str:
@@ -461,6 +469,7 @@ def evaluate(
     seeds: int = 3,
     device: str | None = None,
     view: str = "spec",
+    features: str | None = None,
     cache_dir: str | Path | None = None,
     batch_size: int = 32,
     plots: bool = True,
@@ -477,7 +486,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "embeddings"
-    refs = [resolve_model(m, device=device, view=view) for m in models]
+    refs = [resolve_model(m, device=device, view=view, features=features) for m in models]
     records: list[dict] = []
     figures: dict[str, dict[str, Any]] = {}
     for task_name in tasks:
@@ -523,6 +532,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="probe seeds per fold (default 3)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--view", default="spec", help="audio tower of a checkpoint to evaluate (spec | wave)")
+    parser.add_argument("--features", default=None, choices=["pooled", "layers"],
+                        help="what a model's probe sees: pooled (last block) or layers (mean+std of every block); "
+                        "default: the checkpoint's embed.features")
     parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: OUT/embeddings)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None,
@@ -563,6 +575,7 @@ def run_eval(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         records = evaluate(models, tasks, data_root, args.out, seeds=args.seeds, device=args.device, view=args.view,
+                           features=args.features,
                            cache_dir=args.cache_dir, batch_size=args.batch_size, plots=not args.no_plots)
     except FileNotFoundError as e:  # missing checkpoint or dataset: the message says which and where
         log.error("%s", e)

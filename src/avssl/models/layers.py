@@ -19,6 +19,13 @@ def pool_time(features: torch.Tensor) -> torch.Tensor:
     return features.mean(dim=1) + features.amax(dim=1)
 
 
+def layer_stats(layers: list[torch.Tensor]) -> torch.Tensor:
+    """Every block's time-resolved output ``[B, T_i, F_i]`` -> ``[B, sum_i 2 F_i]``: the mean and the
+    standard deviation over time of each feature, block after block (the clip statistics a linear probe
+    reads best; ``features="layers"`` in :class:`avssl.embed.Embedder`)."""
+    return torch.cat([torch.cat([x.mean(dim=1), x.std(dim=1, unbiased=False)], dim=1) for x in layers], dim=1)
+
+
 class ResBlock(nn.Module):
     """Residual block of two kernel-3 convs with BN, 1-D (``dims=1``) or 2-D (``dims=2``), and a
     shortcut that is a 1x1 conv + BN where the widths differ."""

@@ -129,6 +129,18 @@ class SpecTower(nn.Module):
         """``float32[B, N]`` waveform -> pooled ``[B, feature_dim]``."""
         return pool_time(self.forward_features(wave))
 
+    def forward_layers(self, wave: torch.Tensor) -> list[torch.Tensor]:
+        """``float32[B, N]`` waveform -> every block's output ``[B, T_i, C_i * F_i]`` (channels x
+        mel positions flattened per time step, so each block keeps its frequency resolution)."""
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            mel = self.logmel(wave.float())
+        x = self.stem(self.mask(self.bn0(mel[..., None]).permute(0, 3, 2, 1)))
+        out = []
+        for block in self.blocks:
+            x = block(x)
+            out.append(x.permute(0, 2, 1, 3).flatten(2))  # [B, C, T, F] -> [B, T, C * F]
+        return out
+
 
 SPEC_PRESETS: dict[str, dict] = {
     "tiny": dict(channels=(8, 16, 32, 64), pools=(2, 2, 2, 2)),

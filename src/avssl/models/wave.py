@@ -57,6 +57,16 @@ class WaveTower(nn.Module):
         """``float32[B, N]`` -> pooled ``[B, feature_dim]``."""
         return pool_time(self.forward_features(wave))
 
+    def forward_layers(self, wave: torch.Tensor) -> list[torch.Tensor]:
+        """``float32[B, N]`` -> the output ``[B, T_i, C_i]`` of every residual block."""
+        x = self.stem(wave[:, None, :])
+        out = []
+        for layer in self.blocks:
+            x = layer(x)
+            if not isinstance(layer, nn.MaxPool1d):
+                out.append(x.transpose(1, 2))
+        return out
+
 
 WAVE_PRESETS: dict[str, dict] = {
     "tiny": dict(stem_channels=8, stem_stride=4, stages=((8, 4, 1), (16, 4, 1), (32, 4, 1), (64, 4, 1))),
