@@ -189,7 +189,7 @@ def test_folder_cross_validation_is_stratified_and_fixed(root):
         assert set(task.indices(fold.train)).isdisjoint(task.indices(fold.test))
     again = load_task(f"folder:{root / 'instruments'}")
     assert [ex.split for ex in again.examples] == [ex.split for ex in task.examples]
-    assert shared_tasks(root) == ["fsdd-digits", "fsdd-speakers", "instruments"]
+    assert shared_tasks(root) == ["fsdd-digits", "fsdd-speakers", "instruments"]  # no avepm here
 
 
 def test_folder_with_split_subfolders(tmp_path):
@@ -233,3 +233,30 @@ def test_real_shared_tasks(shared_data):
     assert len(inst.classes) == 20 and len(inst.examples) == 450
     sizes = Counter(ex.split for ex in inst.examples)
     assert set(sizes) == {f"fold{k}" for k in range(1, 6)} and max(sizes.values()) - min(sizes.values()) <= 1
+
+
+def test_avepm_layout(tmp_path):
+    """labels.csv with a quoted group that holds a comma; fixed train/test split; one audio cache."""
+    rows = []
+    for c, (label, group) in enumerate([("dog barking", "animals"), ("toy car", "toys, games"), ("cat", "animals")]):
+        for i in range(5):
+            path = f"videos/{c}/{i}.wav"
+            tone(tmp_path / "avepm" / path)
+            rows.append(f'{path},{label},"{group}",{c},{"train" if i < 3 else "test"}\n')
+    (tmp_path / "avepm" / "labels.csv").write_text("path,label,group,class_id,split\n" + "".join(rows))
+    fine, coarse = load_task("avepm", tmp_path), load_task("avepm-groups", tmp_path)
+    assert fine.classes == ["cat", "dog barking", "toy car"] and coarse.classes == ["animals", "toys, games"]
+    assert Counter(ex.split for ex in fine.examples) == {"train": 9, "test": 6}
+    assert [ex.path for ex in fine.examples] == [ex.path for ex in coarse.examples]
+    assert fine.audio_id == coarse.audio_id == "avepm"
+    assert Counter(ex.labels[0] for ex in coarse.examples if ex.split == "test") == {"animals": 4, "toys, games": 2}
+    assert "avepm" in shared_tasks(tmp_path) and "avepm-groups" in shared_tasks(tmp_path)
+
+
+def test_real_avepm(shared_data):
+    fine, coarse = load_task("avepm", shared_data), load_task("avepm-groups", shared_data)
+    assert len(fine.classes) == 86 and len(coarse.classes) == 8 and len(fine.examples) == 430
+    assert Counter(ex.split for ex in fine.examples) == {"train": 258, "test": 172}
+    listed = (shared_data / "avepm" / "pretrain.txt").read_text().split()
+    train = {ex.path.relative_to(shared_data / "avepm").as_posix() for ex in fine.examples if ex.split == "train"}
+    assert train == {p for p in listed if not p.startswith("#") and p.endswith(".mp4")}  # pretrain.txt = train split

@@ -5,8 +5,8 @@ plus the :class:`Fold` s that say which splits train, validate and test a probe.
 metadata; decoding audio and embedding it is :mod:`avssl.evaluate`'s job. Every split is written
 down in ``docs/evaluation.md``.
 
-Task names: ``fsdd-digits``, ``fsdd-speakers``, ``instruments`` (the real data in
-``../shared/data``), ``esc50``, ``esc10``, ``speech-commands-v1-12``, ``speech-commands-v1-30``,
+Task names: ``fsdd-digits``, ``fsdd-speakers``, ``instruments``, ``avepm``, ``avepm-groups`` (the
+real data in ``../shared/data``), ``esc50``, ``esc10``, ``speech-commands-v1-12``, ``speech-commands-v1-30``,
 ``speech-commands-v2-12``, ``speech-commands-v2-35``, ``voxceleb1``, ``voxforge``, ``nsynth``,
 ``audioset``, and the generic ``folder:PATH`` (one folder per class) and ``csv:PATH``
 (``path,label[,split]``).
@@ -246,6 +246,28 @@ def _instruments(root: Path) -> Task:
     return task
 
 
+def _avepm(root: Path, column: str) -> Task:
+    """AVE-PM (``labels.csv``: ``path,label,group,class_id,split``): the soundtracks of real phone videos,
+    86 event classes (``label``) or 8 coarse groups (``group``), with the fixed 3 train / 2 test clips per
+    class. The probe's validation set is carved from the train split."""
+    csv_path = root / "labels.csv"
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"path", column, "split"} - set(rows[0] if rows else ())
+    if missing:
+        raise TaskDataError(f"{csv_path}: needs columns path, {column}, split; missing {sorted(missing)}")
+    examples = [Example(root / r["path"], (r[column],), r["split"].strip()) for r in rows]
+    bad = sorted({ex.split for ex in examples} - {"train", "test"})
+    if bad:
+        raise TaskDataError(f"{csv_path}: split values {bad}; use train or test")
+    name = "avepm" if column == "label" else "avepm-groups"
+    return Task(name, _keep_existing(name, examples, root), _class_order(ex.labels[0] for ex in examples),
+                [Fold("official", ("train",), ("test",))],
+                description=f"AVE-PM soundtracks, {'86 event classes' if column == 'label' else '8 event groups'}; "
+                "fixed split: 3 train / 2 test clips per class (pretrain only on avepm/pretrain.txt)",
+                split_order=["train", "test"], audio_id="avepm")
+
+
 # ---------------------------------------------------------------------------------------- published layouts
 
 
@@ -445,6 +467,8 @@ TASKS: dict[str, TaskSpec] = {
     "fsdd-digits": TaskSpec(lambda r: _fsdd(r, "digit"), ("fsdd",), "recordings", shared=True),
     "fsdd-speakers": TaskSpec(lambda r: _fsdd(r, "speaker"), ("fsdd",), "recordings", shared=True),
     "instruments": TaskSpec(_instruments, ("instruments",), "", shared=True),
+    "avepm": TaskSpec(lambda r: _avepm(r, "label"), ("avepm",), "labels.csv", shared=True),
+    "avepm-groups": TaskSpec(lambda r: _avepm(r, "group"), ("avepm",), "labels.csv", shared=True),
     "esc50": TaskSpec(lambda r: _esc(r, False), ("ESC-50-master", "ESC-50", "esc50"), "meta/esc50.csv"),
     "esc10": TaskSpec(lambda r: _esc(r, True), ("ESC-50-master", "ESC-50", "esc50"), "meta/esc50.csv"),
     "speech-commands-v1-12": TaskSpec(lambda r: _speech_commands(r, 1, True),
