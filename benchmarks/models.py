@@ -28,21 +28,14 @@ import sys
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from avssl.config import Config, load_config
+from avssl.flops import count_flops
 from avssl.losses import ContrastiveLoss
 from avssl.models import build_model, create_model, tower_name
 
 RESOLUTIONS = (32, 64, 112, 224)
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-
-
-def count_flops(fn, *args) -> int:
-    """FLOPs (matmul/conv) of ``fn(*args)`` (forward, or forward+backward if ``fn`` calls backward)."""
-    with FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return int(counter.get_total_flops())
 
 
 def clip_inputs(cfg: Config, batch: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,12 @@
 """``avssl demo``: the whole method end to end, and the proof that the video helped.
 
 :func:`run_demo_pipeline` generates the built-in audio-visual world (:mod:`avssl.synthetic`) or
-takes the user's videos, ingests them (:func:`avssl.ingest.ingest`), pretrains twice under the
-same time budget (:func:`avssl.train.pretrain`): (a) audio-visual (spec, wave and video towers,
+takes the user's videos, ingests them (:func:`avssl.ingest.ingest`), pretrains twice for the same
+number of optimizer steps, with the same batch size, data and seed (:func:`avssl.train.pretrain`): (a) audio-visual (spec, wave and video towers,
 all three pairs) and (b) audio-only multi-format (spec-wave), both with the same augmentation
-and mixing, so the only difference is the video. Then it evaluates (a), (b), a random-init model
+and mixing, so the only difference is the video. The budget is steps, never seconds: the same
+command gives the same numbers on an idle and on a busy machine; time and counted FLOPs are
+reported beside the results (:mod:`avssl.flops`). Then it evaluates (a), (b), a random-init model
 of (a)'s architecture and the ``logmel-stats`` baseline with the linear-probe protocol of
 :func:`avssl.evaluate.evaluate` on the held-out clips (a ``csv:`` task on the world's
 ``labels.csv``), measures audio-to-video retrieval on the held-out clips, and writes a report
@@ -34,8 +36,9 @@ from .config import Config, apply_overrides, load_config, parse_set
 
 log = logging.getLogger(__name__)
 
-# Defaults chosen by measurement so the whole demo fits 10 minutes on 2 CPU cores (docs/demo.md).
-DEFAULT_MINUTES = 10.0
+# Steps of each pretraining run: chosen by measurement so the whole demo takes about 10 minutes on an
+# idle 2-core machine (docs/demo.md). Time never decides how long a model trains.
+DEFAULT_STEPS = 600
 WORLD = {"num_classes": 8, "clips_per_class": 40, "seconds": 3.0, "size": 32, "fps": 8.0}
 BASE_OVERRIDES: dict[str, Any] = {
     "video": {"size": 32, "fps": 8.0},
@@ -43,23 +46,26 @@ BASE_OVERRIDES: dict[str, Any] = {
     "model": {"preset": "tiny", "embed_dim": 64},
     "data": {"crop_seconds": 1.0, "batch_size": 32, "num_workers": 1, "shuffle_buffer": 128},
     "optim": {"lr": 2e-3, "warmup_steps": 10},
-    "train": {"steps": 100000, "log_every": 5, "ckpt_every": 100000},  # steps: set per run by estimate_steps
+    "train": {"steps": DEFAULT_STEPS, "log_every": 10, "ckpt_every": 100000},
 }
 RUNS = {
     "audio-visual": {"model": {"views": ["spec", "wave", "video"]},
                      "loss": {"pairs": ["spec-video", "wave-video", "spec-wave"]}},
     "audio-only": {"model": {"views": ["spec", "wave"]}, "loss": {"pairs": ["spec-wave"]}},
 }
-EVAL_SHARE = 0.2  # share of the budget kept for evaluation, retrieval and the report
 RETRIEVAL_EXAMPLES = 6
-STEP_MARGIN = 1.3  # estimate_steps errs towards more steps: the time limit stops a run, not the step count
 
 
-def demo_configs(seed: int, clip_seconds: float, overrides: list[str] | None = None) -> dict[str, Config]:
-    """The resolved config of each run: the ``small`` preset, the demo's sizes, the run's views,
-    then the user's ``--set`` overrides (applied to both runs)."""
+def demo_configs(seed: int, clip_seconds: float, overrides: list[str] | None = None,
+                 steps: int = DEFAULT_STEPS) -> dict[str, Config]:
+    """The resolved config of each run: the ``small`` preset, the demo's sizes, ``steps`` optimizer
+    steps (warm-up: a fifth of them at most), the run's views, then the user's ``--set`` overrides
+    (applied to both runs)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     base = load_config("small", BASE_OVERRIDES)
-    base = apply_overrides(base, {"ingest": {"clip_seconds": clip_seconds}, "train": {"seed": seed}})
+    base = apply_overrides(base, {"ingest": {"clip_seconds": clip_seconds}, "train": {"seed": seed, "steps": steps},
+                                  "optim": {"warmup_steps": min(base.optim.warmup_steps, steps // 5)}})
     base = apply_overrides(base, {"data": {"crop_seconds": min(base.data.crop_seconds, clip_seconds)}})
     user = parse_set(overrides or [])
     return {name: apply_overrides(apply_overrides(base, run), user) for name, run in RUNS.items()}
@@ -227,31 +233,10 @@ def _plot_retrieval(clips: list, result: dict, labels: list[str] | None, path: P
 # ------------------------------------------------------------------------------------ pipeline
 
 
-def estimate_steps(cfg: Config, seconds: float, trials: int = 1) -> int:
-    """How many optimizer steps of ``cfg`` fit in ``seconds`` here: times forward + backward of
-    the model on a random batch of the configured shape, times ``STEP_MARGIN`` (the step count
-    sets the learning-rate schedule and the progress bar; ``max_seconds`` caps the run, so an
-    overestimate only leaves the tail of the schedule unused)."""
-    from .models import build_model
-
-    b, crop = cfg.data.batch_size, cfg.data.crop_seconds
-    gen = torch.Generator().manual_seed(0)
-    audio = torch.randn(b, int(round(crop * cfg.audio.sample_rate)), generator=gen)
-    frames = torch.rand(b, int(round(crop * cfg.video.fps)), 3, cfg.video.size, cfg.video.size, generator=gen)
-    model = build_model(cfg)
-    times = []
-    for _ in range(trials + 1):
-        t0 = time.perf_counter()
-        emb = model(audio, frames if "video" in cfg.model.views else None)
-        torch.stack([e.square().mean() for e in emb.values()]).sum().backward()
-        times.append(time.perf_counter() - t0)
-    per_step = min(times[1:])  # the first call pays one-off allocation costs
-    return max(1, int(STEP_MARGIN * seconds / per_step))
-
-
-def _pretrain_runs(cfgs: dict[str, Config], shards: Path, runs_dir: Path, seconds_each: float,
-                   progress: bool) -> dict[str, dict[str, Any]]:
+def _pretrain_runs(cfgs: dict[str, Config], shards: Path, runs_dir: Path, progress: bool) -> dict[str, dict[str, Any]]:
+    """Pretrain every config for its ``train.steps``; each run's steps, counted GFLOPs, seconds and final loss."""
     from .checkpoint import load_checkpoint
+    from .flops import train_step_flops
     from .train import pretrain
 
     out = {}
@@ -259,14 +244,15 @@ def _pretrain_runs(cfgs: dict[str, Config], shards: Path, runs_dir: Path, second
         folder = runs_dir / name
         if folder.exists():
             shutil.rmtree(folder)
-        steps = estimate_steps(cfg, seconds_each)
-        cfg = apply_overrides(cfg, {"train": {"steps": steps}, "optim": {"warmup_steps": min(cfg.optim.warmup_steps, steps // 5)}})
-        log.info("pretraining %s for %.0f s, about %d steps (%s)", name, seconds_each, steps, ", ".join(cfg.loss.pairs))
+        log.info("pretraining %s for %d steps (%s)", name, cfg.train.steps, ", ".join(cfg.loss.pairs))
         t0 = time.perf_counter()
-        ckpt = pretrain(cfg, shards, folder, progress=progress, max_seconds=seconds_each)
+        ckpt = pretrain(cfg, shards, folder, progress=progress)
         rows = _metrics(folder)
-        out[name] = {"checkpoint": ckpt, "folder": folder, "seconds": time.perf_counter() - t0,
-                     "steps": int(load_checkpoint(ckpt)["step"]), "final_loss": rows[-1]["loss"] if rows else float("nan")}
+        steps = int(load_checkpoint(ckpt)["step"])
+        gflops = train_step_flops(cfg)["gflops_per_step"]
+        out[name] = {"checkpoint": ckpt, "folder": folder, "seconds": time.perf_counter() - t0, "steps": steps,
+                     "gflops_per_step": gflops, "tflops": gflops * steps / 1e3,
+                     "final_loss": rows[-1]["loss"] if rows else float("nan")}
     return out
 
 
@@ -280,7 +266,7 @@ def _world_labels(world: Path, clips: list) -> list[str]:
 
 def run_demo_pipeline(
     out: str | Path,
-    minutes: float = DEFAULT_MINUTES,
+    steps: int = DEFAULT_STEPS,
     seed: int = 0,
     videos: str | Path | None = None,
     *,
@@ -292,9 +278,7 @@ def run_demo_pipeline(
 ) -> dict[str, Any]:
     """Run the demo into ``out``; return the results (also written to ``out/report/results.json``).
 
-    ``minutes``: the wall-clock budget of the whole run; after generation and ingest the time
-    left, less ``EVAL_SHARE`` of the budget for evaluation, is split equally between the two
-    pretraining runs. ``seed`` seeds the world, the models and the crops. ``videos``: a folder of
+    ``steps``: optimizer steps of each pretraining run (same batch size, data and seed). ``seed`` seeds the world, the models and the crops. ``videos``: a folder of
     the user's own videos instead of the synthetic world (no labels: losses and retrieval only).
     ``sound_bank``: real recordings as the world's class audio (see :mod:`avssl.synthetic`).
     ``world``: overrides of :data:`WORLD` (``num_classes``, ``clips_per_class``, ``seconds``,
@@ -304,16 +288,12 @@ def run_demo_pipeline(
 
     t_start = time.perf_counter()
     load_start = os.getloadavg()[0]
-    if load_start > (os.cpu_count() or 1):
-        log.warning("the machine is busy (load average %.1f on %d CPUs): the same budget buys fewer training steps",
-                    load_start, os.cpu_count() or 1)
-    deadline = t_start + 60.0 * minutes
     out = Path(out)
     report = out / "report"
     (report / "configs").mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     world_args = {**WORLD, **(world or {})}
-    cfgs = demo_configs(seed, world_args["seconds"] if videos is None else 3.0, overrides)
+    cfgs = demo_configs(seed, world_args["seconds"] if videos is None else 3.0, overrides, steps)
     cfg_av = cfgs["audio-visual"]
 
     # 1. the data: the synthetic world (train/test split) or the user's videos
@@ -346,11 +326,9 @@ def run_demo_pipeline(
         test_shards = out / "shards" / "train"
     timings["ingest"] = time.perf_counter() - t0
 
-    # 3. pretrain (a) and (b) under the same budget
-    left = deadline - time.perf_counter() - EVAL_SHARE * 60.0 * minutes
-    seconds_each = max(5.0, left / len(cfgs))
+    # 3. pretrain (a) and (b) for the same number of steps
     t0 = time.perf_counter()
-    runs = _pretrain_runs(cfgs, out / "shards" / "train", out / "runs", seconds_each, progress)
+    runs = _pretrain_runs(cfgs, out / "shards" / "train", out / "runs", progress)
     timings["pretrain"] = time.perf_counter() - t0
     for name, run in runs.items():
         shutil.copy(run["folder"] / "config.yaml", report / "configs" / f"{name}.yaml")
@@ -389,7 +367,7 @@ def run_demo_pipeline(
         plots["probe"] = _plot_probe(probe_rows, report / "probe.png")
     timings["total"] = time.perf_counter() - t_start
     results = {
-        "seed": seed, "minutes": minutes, "videos": str(videos) if videos is not None else None,
+        "seed": seed, "steps": steps, "videos": str(videos) if videos is not None else None,
         "world": None if world_dir is None else {**world_args, "sound_bank": str(sound_bank) if sound_bank else None,
                                                   "path": str(world_dir)},
         "num_train_clips": int(manifest["total_samples"]), "num_test_clips": len(clips),
@@ -440,11 +418,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
                   "retrieval on the training clips)")
     lines = [
         "# avssl demo", "",
-        f"Data: {source}.", f"Budget: {results['minutes']} min; ran in {results['timings_seconds']['total']:.0f} s "
+        f"Data: {source}.", f"Budget: {results['steps']} optimizer steps per pretraining run (same batch size, data "
+        f"and seed); ran in {results['timings_seconds']['total']:.0f} s "
         f"(stages, s: {', '.join(f'{k} {v}' for k, v in results['timings_seconds'].items() if k != 'total')}).", "",
         f"Machine: {results['machine']['cpus']} CPUs, {results['machine']['torch_threads']} torch threads, 1-minute "
         f"load average {results['machine']['load_average_start']} at the start, {results['machine']['load_average_end']} "
-        "at the end (a loaded machine buys fewer steps in the same budget).", "",
+        "at the end (load changes the seconds, never the results).", "",
         "## Results", "", results_table(results), "",
         "Probe: linear classifier on frozen `spec` embeddings, trained on the training clips and tested on the "
         "held-out clips (avssl.evaluate protocol, mean ± std over seeds). Retrieval: each "
@@ -456,9 +435,13 @@ def summary_markdown(results: dict[str, Any]) -> str:
         if "class_top1" in r:
             lines.append(f"- {name}: first retrieved video has the query's class in {100 * r['class_top1']:.1f}% "
                          f"(chance {100 * r['chance_class_top1']:.1f}%)")
-    lines += ["", "## Pretraining (same time budget)", "", "| run | steps | seconds | final loss |", "|---|---|---|---|"]
+    lines += ["", "## Pretraining (same steps)", "", "| run | steps | GFLOP / step | TFLOP in all | seconds | final loss |",
+              "|---|---|---|---|---|---|"]
     for name, r in results["pretrain"].items():
-        lines.append(f"| {name} | {r['steps']} | {r['seconds']:.0f} | {r['final_loss']:.3f} |")
+        lines.append(f"| {name} | {r['steps']} | {r['gflops_per_step']:.1f} | {r['tflops']:.1f} | {r['seconds']:.0f} "
+                     f"| {r['final_loss']:.3f} |")
+    lines.append("")
+    lines.append("FLOPs: matmuls and convolutions of forward + backward, counted from the model (avssl.flops).")
     lines += ["", "## Plots", ""] + [f"![{k}]({v})" for k, v in results["plots"].items()]
     lines += ["", "Configs used: `configs/` (resolved YAML of each run" + (", world.json" if w else "") + ")."]
     return "\n".join(lines) + "\n"
@@ -469,7 +452,9 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("avssl-demo"), help="output folder (default: avssl-demo)")
-    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="wall-clock budget of the whole demo")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help=f"optimizer steps of each pretraining run (default {DEFAULT_STEPS}: about 10 minutes in all "
+                        "on an idle 2-core machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--videos", type=Path, default=None,
                         help="your own videos (a folder) instead of the synthetic world: losses and retrieval only")
@@ -491,7 +476,7 @@ def run_demo(args: argparse.Namespace) -> int:
             return 2
         shutil.rmtree(args.out)
     results = run_demo_pipeline(
-        args.out, args.minutes, args.seed, args.videos, sound_bank=args.sound_bank, overrides=args.overrides,
+        args.out, args.steps, args.seed, args.videos, sound_bank=args.sound_bank, overrides=args.overrides,
         world={"num_classes": args.classes, "clips_per_class": args.clips_per_class, "seconds": args.seconds},
         probe_seeds=args.probe_seeds,
     )
