@@ -117,11 +117,11 @@ def test_resume_after_kill(corpus, ingested, tmp_path, monkeypatch):
     real = ingest_mod.process_item
     calls = []
 
-    def dying(item, cfg, threads=0):
+    def dying(item, *args):
         calls.append(item.video_id)
         if len(calls) == 5:  # killed while the third shard is being filled
             raise KeyboardInterrupt
-        return real(item, cfg, threads)
+        return real(item, *args)
 
     monkeypatch.setattr(ingest_mod, "process_item", dying)
     with pytest.raises(KeyboardInterrupt):

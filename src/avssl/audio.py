@@ -118,6 +118,47 @@ def _chunks_end(chunks: list[tuple[float | None, np.ndarray]], rate: int, begin:
     return t
 
 
+class Timeline:
+    """Timestamped audio chunks laid on one time axis at ``rate`` Hz, read from the front as they become final.
+
+    Sample ``j`` is at time ``begin + j / rate``. :meth:`place` lays a chunk (see :func:`place_on_timeline`
+    for the rules); :meth:`take` returns the next ``count`` samples (zeros where nothing was placed) and
+    forgets them, so a long stream needs memory only for what is placed but not yet taken. A chunk that
+    lands on samples already taken is laid only from the first untaken sample on.
+    """
+
+    def __init__(self, rate: int, begin: float):
+        self.rate, self.begin = rate, begin
+        self.taken = 0  # index of self.buf[0]
+        self.buf = np.zeros(0, dtype=np.float32)
+        self.pos: int | None = None  # index just after the latest chunk
+        self.tolerance = max(1, int(round(0.001 * rate)))
+
+    def place(self, t: float | None, x: np.ndarray) -> None:
+        at = int(round((t - self.begin) * self.rate)) if t is not None else self.pos
+        if at is None:
+            at = 0
+        if self.pos is not None and abs(at - self.pos) <= self.tolerance:
+            at = self.pos
+        lo, hi = max(at, self.taken), at + len(x)
+        if hi > lo:
+            if hi - self.taken > len(self.buf):  # grow (doubling), zeros where nothing is placed yet
+                grown = np.zeros(max(hi - self.taken, 2 * len(self.buf)), dtype=np.float32)
+                grown[: len(self.buf)] = self.buf
+                self.buf = grown
+            self.buf[lo - self.taken : hi - self.taken] = x[lo - at : hi - at]
+        self.pos = at + len(x)
+
+    def take(self, count: int) -> np.ndarray:
+        """The next ``count`` samples, ``float32[count]``."""
+        out = np.zeros(count, dtype=np.float32)
+        k = min(count, len(self.buf))
+        out[:k] = self.buf[:k]
+        self.buf = self.buf[k:]
+        self.taken += count
+        return out
+
+
 def place_on_timeline(
     chunks: list[tuple[float | None, np.ndarray]], rate: int, begin: float, end: float
 ) -> np.ndarray:
@@ -129,21 +170,10 @@ def place_on_timeline(
     overwritten, so sample ``j`` of the result is at time ``begin + j / rate``.
     Returns ``float32[round((end - begin) * rate)]``.
     """
-    n = max(0, int(round((end - begin) * rate)))
-    out = np.zeros(n, dtype=np.float32)
-    pos = None
-    tolerance = max(1, int(round(0.001 * rate)))
+    timeline = Timeline(rate, begin)
     for t, x in chunks:
-        at = int(round((t - begin) * rate)) if t is not None else pos
-        if at is None:
-            at = 0
-        if pos is not None and abs(at - pos) <= tolerance:
-            at = pos
-        lo, hi = max(at, 0), min(at + len(x), n)
-        if hi > lo:
-            out[lo:hi] = x[lo - at : hi - at]
-        pos = at + len(x)
-    return out
+        timeline.place(t, x)
+    return timeline.take(max(0, int(round((end - begin) * rate))))
 
 
 def pcm_to_float(arr: np.ndarray) -> np.ndarray:

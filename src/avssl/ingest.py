@@ -20,158 +20,37 @@ carry no times or owners, so the same inputs and parameters give byte-identical 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
+import pickle
 import re
-import tarfile
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .audio import LIST_SUFFIXES, MEDIA_SUFFIXES
 from .config import Config, load_config, save_config
-from .shards import MANIFEST, SCHEMA_VERSION, Clip, encode_sample
-from .video import MediaError, decode_video, frame_count
+from .inputs import Item, collect_items, media_files, read_segments  # noqa: F401  (re-exported)
+from .shards import MANIFEST, SCHEMA_VERSION, Clip, ShardWriter, encode_sample, write_atomic
+from .video import ClipReader, MediaError
 
 log = logging.getLogger(__name__)
 
-VGGSOUND_SEGMENT_SECONDS = 10.0  # vggsound.csv rows give only a start; segments are 10 s long
 STATE_DIR = ".ingest"
 MIN_SECONDS_TOLERANCE = 0.01  # container timestamps are often rounded to 1 ms per frame
-
-
-@dataclass(frozen=True)
-class Item:
-    """One unit of work: a media file, or the segment ``[start, start + duration)`` of it."""
-
-    video_id: str
-    path: str
-    start: float = 0.0
-    duration: float | None = None
-    labels: tuple[str, ...] = ()
+SCHEDULE_WINDOW = 64  # items a worker pool may take out of order (their spool files wait on disk)
 
 
 @dataclass
 class ItemResult:
-    """What one item produced: encoded samples (with seconds each), or why it was skipped."""
+    """What one item produced: samples in its spool file (seconds of each), or why it was skipped."""
 
-    samples: list[tuple[dict[str, bytes], float]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
     skipped: dict[str, str] | None = None
     dropped_short: int = 0
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def _sanitize(text: str) -> str:
-    """A WebDataset-safe id: no dots or slashes (they split keys)."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
-
-
-def _media_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
-
-
-def read_segments(csv_path: str | Path) -> list[tuple[str, float, float, tuple[str, ...]]]:
-    """Rows ``(video_id, start_s, end_s, labels)`` of an AudioSet- or VGGSound-style CSV.
-
-    AudioSet: ``YTID, start_seconds, end_seconds, "label1,label2"`` with ``#`` comment lines.
-    VGGSound: ``YTID,start,label,split`` (no end: segments are 10 s). Header rows are skipped.
-    """
-    rows = []
-    with open(csv_path, newline="") as f:
-        for line_no, row in enumerate(csv.reader(f, skipinitialspace=True), 1):
-            if not row or row[0].startswith("#") or len(row) < 2:
-                continue
-            try:
-                start = float(row[1])
-            except ValueError:
-                if line_no == 1:
-                    continue  # header
-                raise ValueError(f"{csv_path}:{line_no}: start {row[1]!r} is not a number") from None
-            try:
-                end = float(row[2]) if len(row) > 2 else start + VGGSOUND_SEGMENT_SECONDS
-                labels = row[3] if len(row) > 3 else ""
-            except ValueError:  # VGGSound: the third column is the label
-                end, labels = start + VGGSOUND_SEGMENT_SECONDS, row[2]
-            label_list = tuple(x.strip() for x in labels.split(",") if x.strip())
-            rows.append((row[0].strip(), start, end, label_list))
-    return rows
-
-
-def _segment_items(csv_path: Path, pool: list[Path]) -> tuple[list[Item], list[dict[str, str]]]:
-    """Map segment rows to local files: ``ID.ext`` (full video: cut the segment) or an already cut
-    ``ID_STARTMS_ENDMS.ext`` / ``ID_START_END.ext`` (VGGSound/AudioSet download names: whole file)."""
-    by_stem: dict[str, Path] = {}
-    for p in pool:
-        by_stem.setdefault(p.stem, p)
-    items, skipped = [], []
-    for vid, start, end, labels in read_segments(csv_path):
-        seg_id = f"{vid}_{int(round(start * 1000))}_{int(round(end * 1000))}"
-        precut = [seg_id, f"{vid}_{int(start)}_{int(end)}", f"{vid}_{start:.3f}_{end:.3f}"]
-        if vid in by_stem:
-            items.append(Item(_sanitize(seg_id), str(by_stem[vid]), start, end - start, labels))
-        elif found := next((by_stem[s] for s in precut if s in by_stem), None):
-            items.append(Item(_sanitize(seg_id), str(found), 0.0, end - start, labels))
-        else:
-            skipped.append({"path": f"{csv_path}:{vid}", "reason": "not-found", "detail": f"no file named {vid}.* or {seg_id}.*"})
-    return items, skipped
-
-
-def collect_items(inputs: list[str | Path]) -> tuple[list[Item], list[dict[str, str]]]:
-    """Inputs -> sorted, de-duplicated items with unique ids, plus unreadable inputs as skip records.
-
-    With a segment CSV among the inputs, the other inputs (and the CSV's folder) are only where its
-    videos are looked up; only the listed segments are ingested.
-    """
-    files: list[tuple[str, Path]] = []  # (id stem, path)
-    csvs: list[Path] = []
-    skipped: list[dict[str, str]] = []
-    for raw in inputs:
-        p = Path(raw)
-        if not p.exists():
-            skipped.append({"path": str(p), "reason": "unreadable", "detail": "no such file or directory"})
-        elif p.is_dir():
-            files += [(str(f.relative_to(p).with_suffix("")), f) for f in _media_files(p)]
-        elif p.suffix.lower() == ".csv":
-            csvs.append(p)
-        elif p.suffix.lower() in LIST_SUFFIXES:
-            for line in p.read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    f = Path(line) if Path(line).is_absolute() else p.parent / line
-                    if f.exists():
-                        files.append((str(Path(line).with_suffix("")), f))
-                    else:
-                        skipped.append({"path": str(f), "reason": "unreadable", "detail": f"listed in {p}, not found"})
-        else:
-            files.append((p.stem, p))
-    items: list[Item] = []
-    if csvs:
-        pool = sorted({f for _, f in files} | {f for c in csvs for f in _media_files(c.parent)})
-        for c in csvs:
-            found, missing = _segment_items(c, pool)
-            items += found
-            skipped += missing
-    else:
-        seen = set()
-        for stem, f in files:
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
-                items.append(Item(_sanitize(stem), str(f)))
-    items = sorted(set(items), key=lambda it: (it.video_id, it.path, it.start))
-    counts = Counter(it.video_id for it in items)
-    items = [
-        it if counts[it.video_id] == 1 else
-        Item(f"{it.video_id}_{hashlib.sha1(f'{it.path}@{it.start}'.encode()).hexdigest()[:8]}", it.path, it.start, it.duration, it.labels)
-        for it in items
-    ]  # fmt: skip
-    return sorted(items, key=lambda it: it.video_id), skipped
 
 
 # ----------------------------------------------------------------------------- one item
@@ -189,65 +68,63 @@ def _check_params(cfg: Config) -> None:
         raise ValueError(f"need 0 < ingest.min_seconds <= ingest.clip_seconds, got {ic.min_seconds}, {ic.clip_seconds}")
 
 
-def process_item(item: Item, cfg: Config, threads: int = 0) -> ItemResult:
-    """Decode one item, cut it into clips and encode each as a sample. Never raises for bad media."""
-    ic, sr, fps = cfg.ingest, cfg.audio.sample_rate, cfg.video.fps
+def process_item(item: Item, cfg: Config, spool: Path, threads: int = 0) -> ItemResult:
+    """Decode one item clip by clip and append each clip, encoded as a sample, to the file ``spool``.
+
+    Memory is bounded by a clip. Never raises for a bad input: its spool file is then removed and
+    the result says why it was skipped (``error`` for anything unexpected, logged with its traceback).
+    """
     try:
-        dec = decode_video(
-            item.path, sr, fps, cfg.video.size, item.start, item.duration,
-            audio_only=ic.audio_only == "keep", threads=threads,
-        )  # fmt: skip
+        return _spool_item(item, cfg, spool, threads)
     except MediaError as e:
-        return ItemResult(skipped={"path": item.path, "reason": e.reason, "detail": e.detail})
-    if dec.duration < ic.min_seconds - MIN_SECONDS_TOLERANCE:
-        return ItemResult(skipped={"path": item.path, "reason": "too-short", "detail": f"{dec.duration:.3f} s"})
+        skipped = {"path": item.path, "reason": e.reason, "detail": e.detail}
+    except Exception as e:  # a bug, or an input that FFmpeg or a codec chokes on: lose this input only
+        log.warning("%s: unexpected error; the input is skipped", item.path, exc_info=True)
+        skipped = {"path": item.path, "reason": "error", "detail": f"{type(e).__name__}: {e}"}
+    spool.unlink(missing_ok=True)
+    return ItemResult(skipped=skipped)
+
+
+def _spool_item(item: Item, cfg: Config, spool: Path, threads: int) -> ItemResult:
+    ic, sr, fps = cfg.ingest, cfg.audio.sample_rate, cfg.video.fps
+    reader = ClipReader(item.path, sr, fps, cfg.video.size, ic.clip_seconds, item.start, item.duration,
+                        audio_only=ic.audio_only == "keep", threads=threads)  # fmt: skip
     result = ItemResult()
-    clip_n, clip_f = int(round(ic.clip_seconds * sr)), int(round(ic.clip_seconds * fps))
-    total_n = len(dec.audio)
-    for k, a0 in enumerate(range(0, total_n, clip_n)):
-        n = min(clip_n, total_n - a0)
-        seconds = n / sr
-        if seconds < ic.min_seconds - MIN_SECONDS_TOLERANCE:
-            result.dropped_short += 1
-            continue
-        f0 = k * clip_f
-        frames = dec.frames[f0 : f0 + frame_count(seconds, fps)]
-        meta: dict[str, Any] = {"source": item.path, "video_id": item.video_id, "clip": k,
-                                "start": round(item.start + a0 / sr, 6), "duration": round(seconds, 6)}  # fmt: skip
-        if item.labels:
-            meta["labels"] = list(item.labels)
-        clip = Clip(f"{item.video_id}-{k:04d}", dec.audio[a0 : a0 + n], sr, frames, fps, meta)
-        result.samples.append((encode_sample(clip, ic.frame_format, ic.jpeg_quality), seconds))
+    clip_n = int(round(ic.clip_seconds * sr))
+    with open(spool, "wb") as f:
+        for k, (audio, frames) in enumerate(reader):
+            seconds = len(audio) / sr
+            if seconds < ic.min_seconds - MIN_SECONDS_TOLERANCE:
+                result.dropped_short += 1
+                continue
+            meta: dict[str, Any] = {"source": item.path, "video_id": item.video_id, "clip": k,
+                                    "start": round(item.start + k * clip_n / sr, 6), "duration": round(seconds, 6)}  # fmt: skip
+            if item.labels:
+                meta["labels"] = list(item.labels)
+            clip = Clip(f"{item.video_id}-{k:04d}", audio, sr, frames, fps, meta)
+            pickle.dump(encode_sample(clip, ic.frame_format, ic.jpeg_quality), f, protocol=pickle.HIGHEST_PROTOCOL)
+            result.seconds.append(seconds)
+    if reader.duration < ic.min_seconds - MIN_SECONDS_TOLERANCE:
+        spool.unlink()
+        return ItemResult(skipped={"path": item.path, "reason": "too-short", "detail": f"{reader.duration:.3f} s"})
     return result
 
 
-def _process_star(args: tuple[Item, Config, int]) -> ItemResult:
-    return process_item(*args)
+def _read_spool(spool: Path) -> Iterator[dict[str, bytes]]:
+    with open(spool, "rb") as f:
+        while True:
+            try:
+                yield pickle.load(f)
+            except EOFError:
+                return
+
+
+def _process_star(args: tuple[Item, Config, Path, int]) -> tuple[int, ItemResult]:
+    item, cfg, spool, threads = args
+    return int(spool.stem), process_item(item, cfg, spool, threads)
 
 
 # ----------------------------------------------------------------------------- shards
-
-
-def _tar_bytes(samples: list[dict[str, bytes]]) -> bytes:
-    """A tar archive of samples with fixed headers (no times, owners): same samples, same bytes."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in samples:
-            key = sample["__key__"]
-            for ext in sorted(k for k in sample if k != "__key__"):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mode, info.mtime = len(sample[ext]), 0o444, 0
-                tar.addfile(info, io.BytesIO(sample[ext]))
-    return buf.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _params(cfg: Config, num_nodes: int) -> dict[str, Any]:
@@ -320,7 +197,7 @@ def _merge_manifest(out: Path, num_nodes: int) -> dict[str, Any] | None:
         "skipped": skipped,
         "skipped_by_reason": dict(sorted(Counter(e["reason"] for e in skipped).items())),
     }
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
 
 
@@ -356,7 +233,6 @@ def ingest(
     params = _params(cfg, num_nodes)
     state = _load_state(out, node_rank, num_nodes, params, inputs_sha)
     state["unreadable"] = unreadable if node_rank == 0 else []
-    state_path = _state_path(out, node_rank, num_nodes)
     next_item, next_clip = state["shards"][-1]["next"] if state["shards"] else (0, 0)
     finished = {s["name"] for s in state["shards"]}
     for stale in list(out.glob("*.tar.tmp")) + [p for p in out.glob("*.tar") if p.name not in finished]:
@@ -367,41 +243,19 @@ def ingest(
         todo = items[next_item:]
         log.info("ingesting %d of %d inputs (node %d of %d) with %d workers into %s",
                  len(todo), len(all_items), node_rank, num_nodes, workers, out)  # fmt: skip
-        pending: dict[str, Any] = {"samples": [], "seconds": 0.0, "skipped": [], "dropped_short": 0, "inputs": 0}
-
-        def close_shard(next_pos: tuple[int, int]) -> None:
-            name = _shard_name(len(state["shards"]), node_rank, num_nodes)
-            _write_atomic(out / name, _tar_bytes(pending["samples"]))
-            state["shards"].append({"name": name, "samples": len(pending["samples"]), "seconds": pending["seconds"],
-                                    "next": list(next_pos), "skipped": pending["skipped"],
-                                    "dropped_short": pending["dropped_short"], "inputs": pending["inputs"]})  # fmt: skip
-            _write_atomic(state_path, json.dumps(state).encode())
-            pending.update(samples=[], seconds=0.0, skipped=[], dropped_short=0, inputs=0)
-
+        spool_dir = out / STATE_DIR / f"spool-{node_rank:04d}"
+        shutil.rmtree(spool_dir, ignore_errors=True)  # an interrupted run's spool files
+        spool_dir.mkdir()
+        shards = _NodeShards(out, state, _state_path(out, node_rank, num_nodes), node_rank, num_nodes,
+                             cfg.ingest.samples_per_shard)  # fmt: skip
         bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="ingest")
-        for offset, result in enumerate(_run(todo, cfg, workers)):
-            idx = next_item + offset
-            samples = result.samples[next_clip if offset == 0 else 0 :]
-            first = next_clip if offset == 0 else 0
-            if result.skipped:
-                pending["skipped"].append(result.skipped)
-            pending["dropped_short"] += result.dropped_short if not samples else 0
-            for j, (sample, seconds) in enumerate(samples, start=first):
-                pending["samples"].append(sample)
-                pending["seconds"] += seconds
-                last = j == len(result.samples) - 1
-                if last:
-                    pending["inputs"] += 1
-                    pending["dropped_short"] += result.dropped_short
-                if len(pending["samples"]) >= cfg.ingest.samples_per_shard:
-                    close_shard((idx + 1, 0) if last else (idx, j + 1))
+        for offset, (result, spool) in enumerate(_run(todo, cfg, workers, spool_dir)):
+            shards.add_item(next_item + offset, next_clip if offset == 0 else 0, result, spool)
             bar.update(1)
-            bar.set_postfix(clips=sum(s["samples"] for s in state["shards"]) + len(pending["samples"]))
+            bar.set_postfix(clips=shards.total)
         bar.close()
-        if pending["samples"]:
-            close_shard((len(items), 0))
-        state.update(tail=pending["skipped"], tail_dropped_short=pending["dropped_short"], complete=True)
-        _write_atomic(state_path, json.dumps(state).encode())
+        shards.finish(len(items))
+        shutil.rmtree(spool_dir, ignore_errors=True)
     manifest = _merge_manifest(out, num_nodes)
     summary = manifest or {
         "complete": False, "total_samples": sum(s["samples"] for s in state["shards"]),
@@ -411,18 +265,101 @@ def ingest(
     return summary
 
 
-def _run(items: list[Item], cfg: Config, workers: int) -> Iterator[ItemResult]:
-    """Process items in order, in a pool of ``workers`` processes (inline when 1)."""
+def _run(items: list[Item], cfg: Config, workers: int, spool_dir: Path) -> Iterator[tuple[ItemResult, Path]]:
+    """``(result, spool file)`` of each item, in item order; ``workers`` processes (inline when 1).
+
+    A pool takes the items of each window of ``SCHEDULE_WINDOW`` largest first, so that one long file
+    does not run alone at the end; results are still handed out in item order (they wait in their
+    spool files), so the output does not depend on the worker count or the schedule.
+    """
+    spools = [spool_dir / f"{i:08d}.spool" for i in range(len(items))]
     if workers <= 1 or len(items) <= 1:
-        for item in items:
-            yield process_item(item, cfg)
+        for item, spool in zip(items, spools):
+            yield process_item(item, cfg, spool), spool
         return
     import multiprocessing as mp
 
+    done: dict[int, ItemResult] = {}
+    next_index = 0
     with mp.get_context("fork").Pool(workers) as pool:
-        yield from pool.imap(_process_star, [(item, cfg, 1) for item in items], chunksize=1)
+        tasks = [(items[i], cfg, spools[i], 1) for i in _schedule(items)]
+        for i, result in pool.imap_unordered(_process_star, tasks, chunksize=1):
+            done[i] = result
+            while next_index in done:
+                yield done.pop(next_index), spools[next_index]
+                next_index += 1
 
 
+def _schedule(items: list[Item]) -> list[int]:
+    """Item indices, each window of ``SCHEDULE_WINDOW`` items largest first (segment length, else file size)."""
+
+    def cost(i: int) -> float:
+        if items[i].duration is not None:
+            return items[i].duration
+        try:
+            return float(os.stat(items[i].path).st_size)
+        except OSError:
+            return 0.0
+
+    order: list[int] = []
+    for w0 in range(0, len(items), SCHEDULE_WINDOW):
+        order += sorted(range(w0, min(w0 + SCHEDULE_WINDOW, len(items))), key=lambda i: (-cost(i), i))
+    return order
+
+
+class _NodeShards:
+    """This node's shards: samples go into the open shard; a full shard is closed (fsynced, renamed) and
+    then recorded in the node's progress file with the position of the next sample."""
+
+    def __init__(self, out: Path, state: dict, state_path: Path, rank: int, num_nodes: int, per_shard: int):
+        self.out, self.state, self.state_path = out, state, state_path
+        self.rank, self.num_nodes, self.per_shard = rank, num_nodes, per_shard
+        self._reset()
+
+    def _reset(self) -> None:
+        self.writer: ShardWriter | None = None
+        self.seconds, self.skipped, self.dropped_short, self.inputs = 0.0, [], 0, 0
+
+    @property
+    def total(self) -> int:
+        """Samples written so far (finished shards and the open one)."""
+        return sum(s["samples"] for s in self.state["shards"]) + (self.writer.samples if self.writer else 0)
+
+    def add_item(self, idx: int, first: int, result: ItemResult, spool: Path) -> None:
+        """Item ``idx``'s samples from ``first`` on (earlier ones are in finished shards), then its spool is removed."""
+        if result.skipped:
+            self.skipped.append(result.skipped)
+        n = len(result.seconds)
+        if n <= first:
+            self.dropped_short += result.dropped_short
+        for j, sample in enumerate(_read_spool(spool) if n > first else ()):
+            if j < first:
+                continue
+            if self.writer is None:
+                self.writer = ShardWriter(self.out / _shard_name(len(self.state["shards"]), self.rank, self.num_nodes))
+            self.writer.add(sample)
+            self.seconds += result.seconds[j]
+            if j == n - 1:
+                self.inputs += 1
+                self.dropped_short += result.dropped_short
+            if self.writer.samples >= self.per_shard:
+                self._close((idx + 1, 0) if j == n - 1 else (idx, j + 1))
+        spool.unlink(missing_ok=True)
+
+    def _close(self, next_pos: tuple[int, int]) -> None:
+        self.writer.close()
+        self.state["shards"].append({"name": self.writer.path.name, "samples": self.writer.samples,
+                                     "seconds": self.seconds, "next": list(next_pos), "skipped": self.skipped,
+                                     "dropped_short": self.dropped_short, "inputs": self.inputs})  # fmt: skip
+        write_atomic(self.state_path, json.dumps(self.state).encode())
+        self._reset()
+
+    def finish(self, num_items: int) -> None:
+        """All items are in: close the open shard and mark this node complete."""
+        if self.writer is not None:
+            self._close((num_items, 0))
+        self.state.update(tail=self.skipped, tail_dropped_short=self.dropped_short, complete=True)
+        write_atomic(self.state_path, json.dumps(self.state).encode())
 def _log_summary(summary: dict[str, Any], out: Path) -> None:
     reasons = Counter(e["reason"] for e in summary["skipped"])
     log.info(

@@ -11,7 +11,8 @@ A shard folder holds ``NNNNNN.tar`` files (WebDataset-compatible tar archives) a
   ``frame_bytes``); ``<key>.npy`` raw ``uint8[T, H, W, 3]``; ``<key>.mp4`` an H.264 stream.
 
 This module is the only place that knows the member layout: use :func:`encode_sample` /
-:func:`decode_sample` (and :func:`sample_info` to read a sample's lengths without decoding it).
+:func:`decode_sample` (and :func:`sample_info` to read a sample's lengths without decoding it),
+and :class:`ShardWriter` to write a shard sample by sample.
 ``decode_sample`` takes the dict WebDataset yields without decoders (keys without the leading dot,
 values ``bytes``). It can decode a time window only (the JPEG frames of the window and a FLAC seek
 to its first sample) and skip the frames entirely: a training crop of 3 s from a 10 s clip costs
@@ -23,6 +24,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import tarfile
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -180,6 +183,49 @@ def encode_sample(clip: Clip, frame_format: str = "jpeg", jpeg_quality: int = 90
             sample["mp4"] = _encode_h264(frames, clip.fps)
     sample["json"] = json.dumps(meta, sort_keys=True).encode()
     return sample
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``path.tmp``, fsynced, then renamed: readers see the old or the whole new file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """One tar shard, written sample by sample to ``NAME.tmp``; :meth:`close` fsyncs it and renames it to ``NAME``.
+
+    Members are ``{key}.{ext}`` in sorted extension order with fixed headers (mode 0444, no times
+    or owners), so the same samples give the same bytes. Headers are plain ustar; a member name
+    longer than ustar's 100 bytes gets a POSIX (pax) extended header, which tarfile and WebDataset read.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self._file = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
+        self.samples = 0
+
+    def add(self, sample: dict[str, bytes]) -> None:
+        """Append one sample dict (``"__key__"`` plus member extension -> bytes)."""
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if k != "__key__"):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mode, info.mtime = len(sample[ext]), 0o444, 0
+            self._tar.addfile(info, io.BytesIO(sample[ext]))
+        self.samples += 1
+
+    def close(self) -> None:
+        """Finish the archive, fsync it and rename it to its final name."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .audio import frame_to_mono, place_on_timeline, resample, stream_end_time
+from .align import ClipAssembler, FrameSampler, frame_count
+from .audio import frame_to_mono, stream_end_time
 
 log = logging.getLogger(__name__)
 
@@ -99,72 +100,111 @@ def _looks_like_text(head: bytes) -> bool:
     return all(c.isprintable() or c in "\r\n\t" for c in text)
 
 
-def _scaled_size(width: int, height: int, sar: Fraction | None, size: int) -> tuple[int, int]:
-    """Output (w, h) so that the displayed picture's short side is ``size`` (sample aspect applied)."""
-    disp_w = width * float(sar) if sar else float(width)
-    short = min(disp_w, height)
-    return max(size, int(round(disp_w * size / short))), max(size, int(round(height * size / short)))
+class ClipReader:
+    """Aligned clips of a media file, decoded while they are iterated (the alignment: :func:`decode_video`).
 
-
-class _FrameSampler:
-    """Picks, for each output time ``t_i = t0 + i / fps``, the frame displayed at ``t_i``.
-
-    A source frame with time ``s`` is displayed on ``[s, next frame's time)`` (a next frame less
-    than 1 ms after ``t_i`` counts as displayed, absorbing timestamp rounding); output times before
-    the first frame get the first frame. Only picked frames go through the scaler.
+    ``for audio, frames in ClipReader(path, 16000, 10.0, 64, clip_seconds=10.0): ...`` gives consecutive
+    clips of ``clip_seconds`` (the last may be shorter; ``None``: one clip, the whole segment), each
+    ``(float32[N] mono audio at sample_rate, uint8[T, size, size, 3] frames)``; they equal the
+    consecutive slices of :func:`decode_video`'s output. Memory is bounded by a clip, not the file.
+    Iterating raises :class:`MediaError` for a file that cannot be ingested, possibly after some
+    clips (a truncated file shows at its end): discard what a file that raised gave. After the
+    iteration ``duration`` (seconds covered) and ``info`` are set.
     """
 
-    def __init__(self, t0: float, fps: float, size: int, sar: Fraction | None):
-        self.t0, self.fps, self.size, self.sar = t0, fps, size, sar
-        self.limit: int | None = None  # number of output frames, once known
-        self.out: list[np.ndarray] = []
-        self.prev = None  # (time, frame)
-        self.last_end = -math.inf  # end of the latest frame's display (time + duration)
+    def __init__(self, path: str | Path, sample_rate: int = 16000, fps: float = 10.0, size: int = 64,
+                 clip_seconds: float | None = None, start: float = 0.0, duration: float | None = None, *,
+                 audio_only: bool = False, threads: int = 0):  # fmt: skip
+        self.path, self.sample_rate, self.fps, self.size = Path(path), sample_rate, fps, size
+        self.clip_seconds, self.start, self.requested = clip_seconds, start, duration
+        self.audio_only, self.threads = audio_only, threads
+        self.duration: float | None = None
+        self.info: dict = {}
 
-    def _convert(self, frame) -> np.ndarray:
-        w, h = _scaled_size(frame.width, frame.height, self.sar, self.size)
-        img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
-        y0, x0 = (h - self.size) // 2, (w - self.size) // 2
-        img = img[y0 : y0 + self.size, x0 : x0 + self.size]
-        # Display matrix: the picture is shown rotated counter-clockwise by ``rotation`` degrees.
-        turns = int(round((frame.rotation or 0) / 90.0)) % 4
-        return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
+    def _streams(self, container):
+        import av
 
-    def _emit_until(self, t_next: float) -> None:
-        """Emit the previous frame for every pending output time before ``t_next``."""
-        img = None
-        while self.prev is not None and (self.limit is None or len(self.out) < self.limit):
-            t = self.t0 + len(self.out) / self.fps
-            if t + 1e-3 >= t_next:
-                break
-            if img is None:
-                img = self._convert(self.prev[1])
-            self.out.append(img)
+        if not container.streams.audio:
+            raise MediaError(self.path, "no-audio")
+        vstream = next((s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic), None)
+        if vstream is None and not self.audio_only:
+            raise MediaError(self.path, "audio-only")
+        return container.streams.audio[0], vstream
 
-    def push(self, frame) -> None:
-        self._emit_until(frame.time)
-        self.prev = (frame.time, frame)
-        dur = float(frame.duration * frame.time_base) if frame.duration else 0.0
-        self.last_end = max(self.last_end, frame.time + dur)
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        with _open(self.path) as container:
+            astream, vstream = self._streams(container)
+            t_origin = container.start_time / 1e6 if container.start_time is not None else 0.0
+            rate = int(astream.codec_context.sample_rate or astream.rate)
+            seg_begin = t_origin + self.start
+            seg_end = seg_begin + self.requested if self.requested is not None else math.inf
+            sampler = None
+            if vstream is not None:
+                vstream.codec_context.thread_count = self.threads
+                vstream.codec_context.thread_type = "AUTO" if self.threads != 1 else "SLICE"
+                sampler = FrameSampler(seg_begin, self.fps, self.size, vstream.sample_aspect_ratio)
+                if self.requested is not None:
+                    sampler.limit = frame_count(self.requested, self.fps)
+            asm = ClipAssembler(seg_begin, seg_end, rate, self.sample_rate, self.fps, self.size, sampler,
+                                self.clip_seconds, stream_end_time(astream))  # fmt: skip
+            if self.start > 5.0:  # jump near the segment instead of decoding everything before it
+                container.seek(int((seg_begin - 2.0) * 1e6), backward=True, any_frame=False)
+            errors, covered = yield from self._demux(container, astream, vstream, asm)
+            declared = (stream_end_time(astream), stream_end_time(vstream) if vstream is not None else None)
+            fallback_rate = float(vstream.average_rate or vstream.guessed_rate or 25) if vstream is not None else None
+        self.duration = self._length(asm, covered, t_origin, declared, fallback_rate)
+        self.info = {"source_sample_rate": rate, "decode_errors": errors}
+        yield from asm.finish(self.duration)
 
-    @property
-    def done(self) -> bool:
-        return self.limit is not None and len(self.out) >= self.limit
+    def _demux(self, container, astream, vstream, asm: ClipAssembler):
+        """Decode packets into ``asm``, yielding the clips that become final; returns ``(errors, covered)``."""
+        import av
 
-    def finish(self, count: int) -> np.ndarray:
-        """Output frames ``uint8[count, size, size, 3]`` (the last frame holds to the end)."""
-        self.limit = count
-        self._emit_until(math.inf)
-        if len(self.out) < count:
-            raise RuntimeError(f"frame sampler produced {len(self.out)} of {count} frames")
-        if not self.out:
-            return np.zeros((0, self.size, self.size, 3), np.uint8)
-        return np.stack(self.out[:count])
+        errors = 0
+        try:
+            for packet in container.demux([astream] + ([vstream] if vstream is not None else [])):
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError as e:
+                    errors += 1
+                    log.debug("%s: skipping undecodable packet (%s)", self.path, e)
+                    continue
+                for frame in frames:
+                    if frame.time is None:
+                        continue
+                    if packet.stream is astream:
+                        asm.push_audio(frame.time, frame_to_mono(frame), frame.sample_rate)
+                    else:
+                        asm.sampler.push(frame)
+                if asm.audio_end >= asm.seg_end and (asm.sampler is None or asm.sampler.done):
+                    return errors, True  # the whole segment is decoded; stop reading
+                yield from asm.ready()
+        except av.error.FFmpegError as e:
+            errors += 1
+            log.debug("%s: demuxing stopped early (%s)", self.path, e)
+        return errors, False
 
-
-def frame_count(seconds: float, fps: float) -> int:
-    """Frames at ``i / fps`` inside ``[0, seconds)``."""
-    return max(0, int(math.ceil(seconds * fps - 1e-6)))
+    def _length(self, asm: ClipAssembler, covered: bool, t_origin: float,
+                declared: tuple[float | None, float | None], fallback_rate: float | None) -> float:  # fmt: skip
+        """Seconds covered: where audio and video overlap, within the segment; raises for a truncated file."""
+        path, sampler = self.path, asm.sampler
+        if not asm.chunks:
+            raise MediaError(path, "corrupt", "no audio could be decoded")
+        # A stream whose decoding stops well before its declared end is a truncated file.
+        video_end = math.inf
+        if sampler is not None and not covered:
+            if sampler.prev is None:
+                raise MediaError(path, "corrupt", "no video frame could be decoded")
+            video_end = sampler.last_end  # last frame's time + duration; without a duration, the nominal rate
+            if video_end <= sampler.prev[0]:
+                video_end = sampler.prev[0] + 1.0 / fallback_rate
+        audio_end = asm.audio_end
+        for name, got, end in (("audio", audio_end, declared[0]), ("video", video_end, declared[1])):
+            if end is not None and not covered and got < min(end, asm.seg_end) - 1.0:
+                raise MediaError(path, "corrupt", f"{name} stops at {got - t_origin:.2f} s of {end - t_origin:.2f} s")
+        if declared[0] is not None:
+            audio_end = min(audio_end, declared[0])
+        return self.requested if covered else max(0.0, min(audio_end, video_end, asm.seg_end) - asm.seg_begin)
 
 
 def decode_video(
@@ -186,83 +226,11 @@ def decode_video(
     ``MediaError(reason="audio-only")`` unless ``audio_only=True`` (then ``frames`` has T = 0).
     ``threads``: FFmpeg video decoder threads (0 = one per core; use 1 inside worker pools).
     Raises :class:`MediaError` with a reason from ``REASONS`` for anything that cannot be ingested.
+    The whole segment is held in memory: use :class:`ClipReader` to read long files clip by clip.
     """
-    import av
-
-    path = Path(path)
-    container = _open(path)
-    with container:
-        if not container.streams.audio:
-            raise MediaError(path, "no-audio")
-        astream = container.streams.audio[0]
-        vstream = next((s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic), None)
-        if vstream is None and not audio_only:
-            raise MediaError(path, "audio-only")
-        t_origin = container.start_time / 1e6 if container.start_time is not None else 0.0
-        rate = astream.codec_context.sample_rate or astream.rate
-        seg_begin = t_origin + start
-        seg_end = seg_begin + duration if duration is not None else math.inf
-        sampler = None
-        if vstream is not None:
-            vstream.codec_context.thread_count = threads
-            vstream.codec_context.thread_type = "AUTO" if threads != 1 else "SLICE"
-            sampler = _FrameSampler(seg_begin, fps, size, vstream.sample_aspect_ratio)
-            if duration is not None:
-                sampler.limit = frame_count(duration, fps)
-        if start > 5.0:  # jump near the segment instead of decoding everything before it
-            container.seek(int((seg_begin - 2.0) * 1e6), backward=True, any_frame=False)
-        chunks: list[tuple[float | None, np.ndarray]] = []
-        audio_end, errors, covered = -math.inf, 0, False
-        try:
-            for packet in container.demux([astream] + ([vstream] if vstream is not None else [])):
-                try:
-                    frames = packet.decode()
-                except av.error.FFmpegError as e:
-                    errors += 1
-                    log.debug("%s: skipping undecodable packet (%s)", path, e)
-                    continue
-                for frame in frames:
-                    if frame.time is None:
-                        continue
-                    if packet.stream is astream:
-                        x = frame_to_mono(frame)
-                        audio_end = max(audio_end, frame.time + len(x) / frame.sample_rate)
-                        if audio_end > seg_begin - 0.1 and frame.time < seg_end + 0.1:
-                            chunks.append((frame.time, x))
-                    else:
-                        sampler.push(frame)
-                if audio_end >= seg_end and (sampler is None or sampler.done):
-                    covered = True  # the whole segment is decoded; stop reading
-                    break
-        except av.error.FFmpegError as e:
-            errors += 1
-            log.debug("%s: demuxing stopped early (%s)", path, e)
-        a_declared = stream_end_time(astream)
-        v_declared = stream_end_time(vstream) if vstream is not None else None
-        fallback_rate = float(vstream.average_rate or vstream.guessed_rate or 25) if vstream is not None else None
-    if not chunks:
-        raise MediaError(path, "corrupt", "no audio could be decoded")
-    # A stream whose decoding stops well before its declared end is a truncated file.
-    video_end = math.inf
-    if sampler is not None and not covered:
-        if sampler.prev is None:
-            raise MediaError(path, "corrupt", "no video frame could be decoded")
-        video_end = sampler.last_end  # last frame's time + duration; without a duration, the nominal rate
-        if video_end <= sampler.prev[0]:
-            video_end = sampler.prev[0] + 1.0 / fallback_rate
-    for name, got, declared in (("audio", audio_end, a_declared), ("video", video_end, v_declared)):
-        if declared is not None and not covered and got < min(declared, seg_end) - 1.0:
-            raise MediaError(path, "corrupt", f"{name} stops at {got - t_origin:.2f} s of {declared - t_origin:.2f} s")
-    if a_declared is not None:
-        audio_end = min(audio_end, a_declared)
-    length = duration if covered else max(0.0, min(audio_end, video_end, seg_end) - seg_begin)
-    audio = resample(place_on_timeline(chunks, rate, seg_begin, seg_begin + length), int(rate), sample_rate)
-    n = int(round(length * sample_rate))
-    audio = np.pad(audio, (0, max(0, n - len(audio))))[:n]
-    count = frame_count(length, fps)
-    frames = sampler.finish(count) if sampler is not None else np.zeros((0, size, size, 3), np.uint8)
-    info = {"source_sample_rate": int(rate), "decode_errors": errors}
-    return Decoded(audio, frames, sample_rate, fps, start, length, info)
+    reader = ClipReader(path, sample_rate, fps, size, None, start, duration, audio_only=audio_only, threads=threads)
+    ((audio, frames),) = list(reader)
+    return Decoded(audio, frames, sample_rate, fps, start, reader.duration, reader.info)
 
 
 # Audio codec -> (PyAV sample format, frame size or None for any)

@@ -1,0 +1,154 @@
+"""Finding media for ingest: files, folders, list files and AudioSet/VGGSound segment CSVs.
+
+:func:`collect_items` turns the inputs into sorted *items* (a file, or a segment of one), each with a
+video id that is unique and safe as a WebDataset key prefix: only ``[A-Za-z0-9_-]`` (dots and slashes
+would split WebDataset keys), at most ``MAX_ID_CHARS`` characters (longer ones keep their start and
+gain a hash of the full name), so any file name and folder depth works.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .audio import LIST_SUFFIXES, MEDIA_SUFFIXES
+
+VGGSOUND_SEGMENT_SECONDS = 10.0  # vggsound.csv rows give only a start; segments are 10 s long
+# Every tar member name ``{id}-{clip:04d}.{ext}`` then fits the 100 bytes of a plain ustar header.
+MAX_ID_CHARS = 90
+_HASH_CHARS = 8
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: a media file, or the segment ``[start, start + duration)`` of it."""
+
+    video_id: str
+    path: str
+    start: float = 0.0
+    duration: float | None = None
+    labels: tuple[str, ...] = ()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:_HASH_CHARS]
+
+
+def _with_suffix(vid: str, suffix: str) -> str:
+    """``{vid}_{suffix}``, ``vid`` cut so that the result has at most ``MAX_ID_CHARS`` characters."""
+    return f"{vid[: MAX_ID_CHARS - len(suffix) - 1]}_{suffix}"
+
+
+def _sanitize(text: str) -> str:
+    """A WebDataset-safe id of at most ``MAX_ID_CHARS`` characters: only ``[A-Za-z0-9_-]`` (dots and slashes
+    split keys); a longer one keeps its start plus a hash of ``text``."""
+    vid = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
+    return vid if len(vid) <= MAX_ID_CHARS else _with_suffix(vid, _digest(text))
+
+
+def media_files(folder: Path) -> list[Path]:
+    """Media files under ``folder`` (recursively, by suffix), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
+
+
+def read_segments(csv_path: str | Path) -> list[tuple[str, float, float, tuple[str, ...]]]:
+    """Rows ``(video_id, start_s, end_s, labels)`` of an AudioSet- or VGGSound-style CSV.
+
+    AudioSet: ``YTID, start_seconds, end_seconds, "label1,label2"`` with ``#`` comment lines.
+    VGGSound: ``YTID,start,label,split`` (no end: segments are 10 s). Header rows are skipped.
+    """
+    rows = []
+    with open(csv_path, newline="") as f:
+        for line_no, row in enumerate(csv.reader(f, skipinitialspace=True), 1):
+            if not row or row[0].startswith("#") or len(row) < 2:
+                continue
+            try:
+                start = float(row[1])
+            except ValueError:
+                if line_no == 1:
+                    continue  # header
+                raise ValueError(f"{csv_path}:{line_no}: start {row[1]!r} is not a number") from None
+            try:
+                end = float(row[2]) if len(row) > 2 else start + VGGSOUND_SEGMENT_SECONDS
+                labels = row[3] if len(row) > 3 else ""
+            except ValueError:  # VGGSound: the third column is the label
+                end, labels = start + VGGSOUND_SEGMENT_SECONDS, row[2]
+            label_list = tuple(x.strip() for x in labels.split(",") if x.strip())
+            rows.append((row[0].strip(), start, end, label_list))
+    return rows
+
+
+def _segment_items(csv_path: Path, pool: list[Path]) -> tuple[list[Item], list[dict[str, str]]]:
+    """Map segment rows to local files: ``ID.ext`` (full video: cut the segment) or an already cut
+    ``ID_STARTMS_ENDMS.ext`` / ``ID_START_END.ext`` (VGGSound/AudioSet download names: whole file)."""
+    by_stem: dict[str, Path] = {}
+    for p in pool:
+        by_stem.setdefault(p.stem, p)
+    items, skipped = [], []
+    for vid, start, end, labels in read_segments(csv_path):
+        seg_id = f"{vid}_{int(round(start * 1000))}_{int(round(end * 1000))}"
+        precut = [seg_id, f"{vid}_{int(start)}_{int(end)}", f"{vid}_{start:.3f}_{end:.3f}"]
+        if vid in by_stem:
+            items.append(Item(_sanitize(seg_id), str(by_stem[vid]), start, end - start, labels))
+        elif found := next((by_stem[s] for s in precut if s in by_stem), None):
+            items.append(Item(_sanitize(seg_id), str(found), 0.0, end - start, labels))
+        else:
+            skipped.append({"path": f"{csv_path}:{vid}", "reason": "not-found", "detail": f"no file named {vid}.* or {seg_id}.*"})
+    return items, skipped
+
+
+def collect_items(inputs: list[str | Path]) -> tuple[list[Item], list[dict[str, str]]]:
+    """Inputs -> sorted, de-duplicated items with unique ids, plus unreadable inputs as skip records.
+
+    With a segment CSV among the inputs, the other inputs (and the CSV's folder) are only where its
+    videos are looked up; only the listed segments are ingested.
+    """
+    files: list[tuple[str, Path]] = []  # (id stem, path)
+    csvs: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            skipped.append({"path": str(p), "reason": "unreadable", "detail": "no such file or directory"})
+        elif p.is_dir():
+            files += [(str(f.relative_to(p).with_suffix("")), f) for f in media_files(p)]
+        elif p.suffix.lower() == ".csv":
+            csvs.append(p)
+        elif p.suffix.lower() in LIST_SUFFIXES:
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    f = Path(line) if Path(line).is_absolute() else p.parent / line
+                    if f.exists():
+                        files.append((str(Path(line).with_suffix("")), f))
+                    else:
+                        skipped.append({"path": str(f), "reason": "unreadable", "detail": f"listed in {p}, not found"})
+        else:
+            files.append((p.stem, p))
+    items: list[Item] = []
+    if csvs:
+        pool = sorted({f for _, f in files} | {f for c in csvs for f in media_files(c.parent)})
+        for c in csvs:
+            found, missing = _segment_items(c, pool)
+            items += found
+            skipped += missing
+    else:
+        seen = set()
+        for stem, f in files:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                items.append(Item(_sanitize(stem), str(f)))
+    items = sorted(set(items), key=lambda it: (it.video_id, it.path, it.start))
+    counts = Counter(it.video_id for it in items)
+    items = [
+        it if counts[it.video_id] == 1 else
+        Item(_with_suffix(it.video_id, _digest(f"{it.path}@{it.start}")), it.path, it.start, it.duration, it.labels)
+        for it in items
+    ]  # fmt: skip
+    return sorted(items, key=lambda it: it.video_id), skipped
+
+
