@@ -2,6 +2,7 @@
 
     python benchmarks/ingest.py formats [--data DIR]          # bytes per clip-second, decode speed
     python benchmarks/ingest.py speed [--data DIR] [--generated N] [--workers W]
+    python benchmarks/ingest.py memory [--minutes 1 10 60] [--videos DIR]  # peak RSS per video length
 
 ``speed`` compares, on the same cores and the same inputs:
   ours:  ``avssl.ingest.ingest`` (decode, align, scale in swscale, encode, write tar shards)
@@ -9,6 +10,9 @@
          16 kHz mono wav, one for frames at the target fps and size (JPEG), then packing into tars
   (b)    the floor: PyAV decoding the same audio and video streams and doing nothing else
 It needs an ``ffmpeg`` binary on PATH for (a) (``apt-get install -y ffmpeg``; benchmark only).
+``memory`` ingests one generated low-resolution video (96x64, 10 fps, 44.1 kHz mono AAC) of each
+length in a fresh child process (``workers=1``, default config) and reports the child's peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) next to that of a child that only imports avssl.
 Results are printed as a Markdown table (paste into docs/benchmarks-ingest.md).
 """
 
@@ -16,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from avssl.config import load_config
-from avssl.ingest import _media_files, ingest
+from avssl.ingest import ingest, media_files
 from avssl.shards import Clip, decode_sample, encode_sample
 from avssl.video import MediaError, decode_video, encode_video
 
@@ -42,7 +48,7 @@ def machine() -> str:
 
 
 def _videos(data: Path) -> list[Path]:
-    return [p for p in _media_files(data / "videos")]
+    return media_files(data / "videos")
 
 
 # ----------------------------------------------------------------------------- formats
@@ -186,18 +192,68 @@ def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: floa
     return rows
 
 
+# ----------------------------------------------------------------------------- memory
+
+
+def _generate_long(path: Path, minutes: float) -> Path:
+    """A ``minutes`` long 96x64 10 fps H.264 + 44.1 kHz mono AAC video with moving content (kept if present)."""
+    if not path.exists():
+        n = int(round(minutes * 60 * 10))
+        yy, xx = np.mgrid[0:64, 0:96]
+        t = np.arange(n)[:, None, None]
+        frames = np.stack([(xx + 7 * t) % 256, np.broadcast_to((yy + 3 * t) % 256, (n, 64, 96)),
+                           np.broadcast_to((11 * t) % 256, (n, 64, 96))], -1).astype(np.uint8)
+        audio = (0.2 * np.random.default_rng(0).standard_normal(int(minutes * 60 * 44100))).astype(np.float32)
+        encode_video(path.with_suffix(".part.mp4"), frames, 10, audio, 44100)
+        path.with_suffix(".part.mp4").rename(path)
+    return path
+
+
+def _child_peak_rss(video: Path | None, out: Path) -> dict:
+    """Run ingest of ``video`` (or only the imports, when None) in a fresh process; its peak RSS in MiB."""
+    code = ("import json, resource, sys, time\n"
+            "from avssl.config import load_config\nfrom avssl.ingest import ingest\n"
+            "t0 = time.perf_counter()\n"
+            "m = ingest([sys.argv[1]], sys.argv[2], load_config(None, []), workers=1, progress=False) if sys.argv[1] else {}\n"
+            "print(json.dumps({'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
+            " 'seconds': time.perf_counter() - t0, 'samples': m.get('total_samples', 0)}))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(video or ""), str(out)], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(minutes: list[float], videos: Path | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = videos or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        idle = _child_peak_rss(None, Path(tmp) / "none")["rss_mib"]
+        print(f"{machine()}; default config (10 s clips, 64 px, 10 fps, 16 kHz, jpeg, 128 samples per shard), "
+              f"workers=1; a child that only imports avssl peaks at {idle:.0f} MiB\n")
+        print("| video length | clips | peak RSS (MiB) | peak - import-only child (MiB) | ingest seconds |")
+        print("|---|---:|---:|---:|---:|")
+        for m in minutes:
+            video = _generate_long(folder / f"long-{m:g}min.mp4", m)
+            r = _child_peak_rss(video, Path(tmp) / f"out-{m:g}")
+            print(f"| {m:g} min | {r['samples']} | {r['rss_mib']:.0f} | {r['rss_mib'] - idle:.0f} | {r['seconds']:.1f} |", flush=True)
+            shutil.rmtree(Path(tmp) / f"out-{m:g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["formats", "speed"])
+    parser.add_argument("what", choices=["formats", "speed", "memory"])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data root (has videos/)")
     parser.add_argument("--generated", type=int, default=16, help="number of generated 10 s 360p videos")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60], help="memory: video lengths")
+    parser.add_argument("--videos", type=Path, default=None, help="memory: keep/reuse the generated videos here")
     parser.add_argument("--device", default="cpu", help="accepted for symmetry with other benchmarks; ingest is CPU work")
     args = parser.parse_args()
     if args.what == "formats":
         bench_formats(args.data, args.size, args.fps)
+        return
+    if args.what == "memory":
+        bench_memory(args.minutes, args.videos)
         return
     print(f"{machine()}; workers={args.workers}; {args.size}x{args.size} at {args.fps} fps; "
           f"ffmpeg: {subprocess.run(['ffmpeg', '-version'], capture_output=True, text=True).stdout.split(chr(10))[0] if shutil.which('ffmpeg') else 'absent'}\n")
