@@ -218,3 +218,21 @@ def test_loader_downscales_larger_shards(shards):
     assert full.keys == batch.keys  # same stream, only the frame size differs
     pooled = full.frames.double().reshape(*full.frames.shape[:3], SIZE // 2, 2, SIZE // 2, 2).mean(dim=(4, 6))
     assert (pooled - batch.frames.double()).abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_no_clip_twice_in_a_batch_across_passes(tmp_path, workers):
+    """10 clips in batches of 4: every pass leaves a tail that must not be topped up from the next pass."""
+    folder = write_shards(tmp_path / "s", [planted_clip(i) for i in range(10)], per_shard=5)
+    cfg = data_config(f"data.num_workers={workers}", "model.views=[spec]")
+    full = list(islice(make_loader(folder, cfg), 12))
+    for b in full:
+        assert len(set(b.keys)) == len(b.keys) == 4, b.keys
+    per_pass = 2 if workers == 0 else 1  # batches per pass of each reader slot (10 // 4, or 5 // 4 per worker)
+    first = [k for b in full[: per_pass * max(1, workers)] for k in b.keys]
+    assert len(set(first)) == len(first)  # within a pass no clip repeats across batches either
+    resumed = list(islice(make_loader(folder, cfg, start_batch=7), 5))  # mid-pass and whole passes skipped
+    for a, b in zip(full[7:], resumed):
+        assert a.keys == b.keys and torch.equal(a.audio, b.audio)
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        make_loader(folder, data_config("data.batch_size=6"), world_size=2)

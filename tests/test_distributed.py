@@ -1,5 +1,6 @@
 """Two gloo processes on CPU: the gathered loss and its gradients equal one process on the whole batch."""
 
+import itertools
 import os
 
 import pytest
@@ -11,6 +12,7 @@ from avssl.config import LossConfig
 from avssl.losses import ContrastiveLoss
 
 WORLD, LOCAL_BATCH, IN_DIM, DIM = 2, 4, 6, 5
+SOURCES = torch.tensor([7, 1, 2, 7, 3, 1, 4, 7])  # source video ids of the global batch: shared within and across ranks
 PAIRS = ["spec-video", "wave-video", "spec-wave"]
 
 
@@ -29,14 +31,14 @@ def _data():
     return inputs, weights, mixes
 
 
-def _run(inputs, weights, mix, local_loss, learn_temperature=True):
+def _run(inputs, weights, mix, local_loss, learn_temperature=True, sources=None):
     """Loss terms and gradients (model weights + temperature) for one process's share of the batch."""
     params = {v: w.clone().requires_grad_(True) for v, w in weights.items()}
     loss_fn = ContrastiveLoss(
         LossConfig(pairs=PAIRS, temperature=0.2, local_loss=local_loss, learn_temperature=learn_temperature)
     )
     emb = {v: x @ params[v] for v, x in inputs.items()}
-    terms = loss_fn(emb, mix)
+    terms = loss_fn(emb, mix, sources)
     sum(terms.values()).backward()
     grads = {v: p.grad for v, p in params.items()} | {"log_scale": loss_fn.log_scale.grad}
     return {k: t.detach() for k, t in terms.items()}, grads
@@ -54,15 +56,15 @@ def _worker(rank, init_file, out_dir):
         local = {v: x[part] for v, x in inputs.items()}
         gathered = distributed.all_gather_with_grad(local["spec"])
         results = {"mean": mean, "gathered": gathered}
-        for local_loss in (False, True):
-            for use_mix in (False, True):
-                terms, grads = _run(local, weights, mixes[rank] if use_mix else None, local_loss)
-                # what DDP does: average the gradients over ranks
-                results[(local_loss, use_mix)] = (
-                    {k: distributed.all_reduce_mean(t) for k, t in terms.items()},
-                    {k: distributed.all_reduce_mean(t) for k, t in grads.items()},
-                    terms,
-                )
+        for local_loss, use_mix, masked in itertools.product((False, True), repeat=3):
+            terms, grads = _run(local, weights, mixes[rank] if use_mix else None, local_loss,
+                                sources=SOURCES[part] if masked else None)
+            # what DDP does: average the gradients over ranks
+            results[(local_loss, use_mix, masked)] = (
+                {k: distributed.all_reduce_mean(t) for k, t in terms.items()},
+                {k: distributed.all_reduce_mean(t) for k, t in grads.items()},
+                terms,
+            )
         distributed.barrier()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -85,12 +87,16 @@ def test_collectives(two_rank_results):
 
 @pytest.mark.parametrize("local_loss", [False, True])
 @pytest.mark.parametrize("use_mix", [False, True])
-def test_gathered_loss_and_gradients_equal_single_process(two_rank_results, local_loss, use_mix):
+@pytest.mark.parametrize("masked", [False, True])
+def test_gathered_loss_and_gradients_equal_single_process(two_rank_results, local_loss, use_mix, masked):
+    """Also with same-source masking: the source ids are gathered with the embeddings."""
     inputs, weights, mixes = _data()
     mix = torch.block_diag(*mixes) if use_mix else None
-    want_terms, want_grads = _run(inputs, weights, mix, local_loss)
+    want_terms, want_grads = _run(inputs, weights, mix, local_loss, sources=SOURCES if masked else None)
+    if masked:  # the mask changes the loss (a check that it is applied at all)
+        assert want_terms["nce/spec-video"] != _run(inputs, weights, mix, local_loss)[0]["nce/spec-video"]
     for res in two_rank_results:
-        terms, grads, own = res[(local_loss, use_mix)]
+        terms, grads, own = res[(local_loss, use_mix, masked)]
         for k in want_terms:
             torch.testing.assert_close(terms[k], want_terms[k], rtol=1e-5, atol=1e-6)
             if not local_loss:  # the global loss is the same on every rank

@@ -7,8 +7,9 @@ from avssl.config import LossConfig
 from avssl.losses import ContrastiveLoss, parse_pair
 
 
-def reference_loss(emb, pairs, weights, temperature, corr=None):
-    """Naive float64 InfoNCE: explicit loops over anchors and candidates."""
+def reference_loss(emb, pairs, weights, temperature, corr=None, sources=None):
+    """Naive float64 InfoNCE: explicit loops over anchors and candidates; with ``sources``, the
+    candidates from the anchor's source that are not its positives are left out."""
     out = {}
     z = {v: [[x / math.sqrt(sum(y * y for y in e)) for x in e] for e in t.double().tolist()] for v, t in emb.items()}
     n = len(next(iter(z.values())))
@@ -21,12 +22,13 @@ def reference_loss(emb, pairs, weights, temperature, corr=None):
         total = 0.0
         for src, dst, cc in ((a, b, c), (b, a, [list(r) for r in zip(*c)])):
             for i in range(n):
-                logits = [sum(p * q for p, q in zip(z[src][i], z[dst][j])) / temperature for j in range(n)]
-                m = max(logits)
-                lse = m + math.log(sum(math.exp(x - m) for x in logits))
                 row = cc[i]
+                keep = [j for j in range(n) if sources is None or sources[j] != sources[i] or row[j] > 0]
+                logits = {j: sum(p * q for p, q in zip(z[src][i], z[dst][j])) / temperature for j in keep}
+                m = max(logits.values())
+                lse = m + math.log(sum(math.exp(x - m) for x in logits.values()))
                 s = sum(row)
-                total += -sum((t / s) * (logits[j] - lse) for j, t in enumerate(row)) / n
+                total += -sum((row[j] / s) * (logits[j] - lse) for j in keep) / n
         out[f"nce/{pair}"] = weights.get(pair, 1.0) * total / 2
     return out
 
@@ -121,3 +123,32 @@ def test_two_crop_pair_compares_a_view_with_its_second_crop():
     assert parse_pair("wave-wave") == ("wave", "wave2")
     with pytest.raises(ValueError, match="audio view"):
         parse_pair("video-video")
+
+
+@pytest.mark.parametrize("use_mix", [False, True])
+@pytest.mark.parametrize("local_loss", [False, True])
+def test_same_source_negatives_are_removed(use_mix, local_loss):
+    """Rows 0, 1 and 4 come from one video, rows 2 and 3 from another: each is no negative of the others."""
+    from avssl.data import Batch
+
+    keys = ["a-b-0000", "a-b-0001", "c-0003", "c-0007", "a-b-0002", "d-0000"]  # video ids may hold dashes
+    batch = Batch(audio=torch.zeros(6, 1), frames=torch.zeros(6, 0), keys=keys)
+    assert batch.sources == ["a-b", "a-b", "c", "c", "a-b", "d"]
+    ids = batch.source_ids()
+    assert ids[0] == ids[1] == ids[4] and ids[2] == ids[3] and len(set(ids.tolist())) == 3
+    cfg = LossConfig(pairs=["spec-video", "video-wave", "spec-wave"], temperature=0.2, local_loss=local_loss)
+    emb = _emb(seed=5)
+    corr = _mixup_matrix(6, seed=2) if use_mix else None
+    got = ContrastiveLoss(cfg)(emb, corr, ids)
+    want = reference_loss(emb, cfg.pairs, {}, 0.2, corr, batch.sources)
+    plain = reference_loss(emb, cfg.pairs, {}, 0.2, corr)
+    for k in want:
+        assert got[k].item() == pytest.approx(want[k], rel=1e-5)
+        assert want[k] < plain[k]  # fewer negatives
+    off = ContrastiveLoss(LossConfig(pairs=cfg.pairs, temperature=0.2, mask_same_source=False))(emb, corr, ids)
+    for k in plain:  # the switch
+        assert off[k].item() == pytest.approx(plain[k], rel=1e-5)
+    loss = ContrastiveLoss(cfg)
+    e = {v: t.clone().requires_grad_() for v, t in emb.items()}
+    sum(loss(e, corr, ids).values()).backward()
+    assert all(torch.isfinite(t.grad).all() for t in e.values())

@@ -106,6 +106,7 @@ class LossConfig:
     temperature: float = 0.1
     learn_temperature: bool = False
     local_loss: bool = False  # only the local rows against global columns
+    mask_same_source: bool = True  # negatives from the anchor's source video are left out of the softmax
 
 
 @dataclass
@@ -128,7 +129,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False
     channels_last: bool = False
-    sync_bn: bool = False
+    sync_bn: bool = True  # BatchNorm over the global batch when distributed (every backend); false refused then
 
 
 EMBED_FEATURES = ("pooled", "layers")

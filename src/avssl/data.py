@@ -22,6 +22,7 @@ no rank can run out of data before another (which would deadlock the global gath
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import zlib
@@ -48,8 +49,10 @@ class Batch:
     audio:  float32[B, N] waveform at ``audio.sample_rate`` (not features)
     frames: uint8[B, T, 3, H, W] from the shards, or float32 in [0, 1] once augmented; T = crop * fps
             (T = 0 when the run uses no video view)
-    keys:   list of B sample keys ``{video_id}-{clip:04d}``
+    keys:   list of B sample keys ``{video_id}-{clip:04d}`` (``video_id`` may contain dashes)
     audio2: float32[B, N], a second, independent crop of the same clips' audio (two-crop runs), else None
+
+    ``sources`` / ``source_ids()``: each row's source video, so the loss can mask same-source negatives.
     """
 
     audio: torch.Tensor
@@ -68,6 +71,17 @@ class Batch:
 
     def __len__(self) -> int:
         return self.audio.shape[0]
+
+    @property
+    def sources(self) -> list[str]:
+        """Each row's source video id: its key without the last dash-separated field (the clip index)."""
+        return [k.rsplit("-", 1)[0] for k in self.keys]
+
+    def source_ids(self) -> torch.Tensor:
+        """``int64[B]``: a 63-bit hash of each row's source video id (equal ids <=> same source, up to
+        hash collisions at ~1e-19 per pair), comparable across ranks."""
+        digest = (hashlib.blake2b(s.encode(), digest_size=8).digest() for s in self.sources)
+        return torch.tensor([int.from_bytes(d, "little") >> 1 for d in digest], dtype=torch.int64)
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -363,25 +377,34 @@ class ShardStream(torch.utils.data.IterableDataset):
             if not every or i % self.slots == slot:
                 yield s
 
-    def slot_samples(self, slot: int, skip: int) -> Iterator[dict[str, Any]]:
-        """Raw samples of ``slot`` (over all passes, shuffled), after skipping ``skip`` of them."""
-        p, empty_passes = 0, 0
+    def slot_samples(self, slot: int, skip_batches: int) -> Iterator[dict[str, Any]]:
+        """Raw samples of ``slot`` (over all passes, shuffled), each tagged with its pass (``__pass__``),
+        after skipping the first ``skip_batches`` batches.
+
+        Batches never span two passes (:meth:`__iter__` drops each pass's last ``n % batch_size``
+        samples), so pass ``p`` holds ``n_p // batch_size`` of them: whole passes are skipped by
+        arithmetic when the manifest gives the counts, else by reading raw samples.
+        """
+        bsz = self.cfg.data.batch_size
+        p, idle_passes = 0, 0
         while True:
             n = self._pass_count(p, slot)
-            if n is not None and skip >= n > 0:
-                skip, p = skip - n, p + 1
+            if n is not None and skip_batches >= n // bsz and n >= bsz:
+                skip_batches, p = skip_batches - n // bsz, p + 1
                 continue
-            got = False
+            seen = 0
             rng = _seed_rng(self.seed, p, slot, "buffer")
             for sample in _buffer_shuffle(self._raw(p, slot), self.buffer, rng):
-                got = True
-                if skip:
-                    skip -= 1
-                    continue
-                yield {**sample, "__pass__": p}
-            empty_passes = 0 if got else empty_passes + 1
-            if empty_passes > len(self.shards.urls):
-                raise DataError(f"rank {self.rank} slot {slot} reads no samples from {self.shards.urls[0]}...")
+                seen += 1
+                if seen > skip_batches * bsz:
+                    yield {**sample, "__pass__": p}
+            skip_batches -= min(skip_batches, seen // bsz)
+            idle_passes = 0 if seen >= bsz else idle_passes + 1
+            if idle_passes > len(self.shards.urls):
+                raise DataError(
+                    f"rank {self.rank} reader slot {slot} gets {seen} sample(s) per pass from {self.shards.urls[0]}..., "
+                    f"fewer than data.batch_size={bsz}; lower data.batch_size or data.num_workers, or add data"
+                )
             p += 1
 
     def _item(self, sample: dict[str, Any]):
@@ -407,8 +430,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         bsz = self.cfg.data.batch_size
         size = self.cfg.video.size
         frame_shape = (int(round(self.cfg.data.crop_seconds * self.cfg.video.fps)), size, size)
-        items = []
-        for sample in self.slot_samples(slot, done * bsz):
+        items, current = [], -1
+        for sample in self.slot_samples(slot, done):
+            if sample["__pass__"] != current:  # a batch never spans two passes: no clip twice in it
+                items, current = [], sample["__pass__"]
             try:
                 items.append(self._item(sample))
             except DataError:
@@ -486,9 +511,9 @@ def make_loader(
         total = 0
     global_batch = cfg.data.batch_size * world_size
     epoch_batches = cfg.data.epoch_batches or max(1, total // global_batch)
-    if shards.manifest is not None and total < global_batch:
-        log.warning("%s: %d samples are fewer than one global batch (%d); samples repeat within a batch",
-                    data, total, global_batch)
+    if shards.manifest is not None and total < global_batch:  # a batch would have to hold a clip twice
+        raise DataError(f"{data}: {total} samples are fewer than one global batch (data.batch_size={cfg.data.batch_size}"
+                        f" x {world_size} process(es)); lower data.batch_size or add data")
     if with_frames is None:
         with_frames = "video" in cfg.model.views
     stream = ShardStream(

@@ -1,7 +1,13 @@
-"""Process-group setup from torchrun's environment variables and guarded collectives.
+"""Process-group setup from torchrun's environment variables, guarded collectives and BatchNorm over
+the global batch.
 
 Every collective is a no-op (returns its input) when ``torch.distributed`` is not initialised or
 the world has one process, so single-process code just runs.
+
+:class:`GlobalBatchNorm` (via :func:`convert_sync_batchnorm`) normalises with the statistics of the
+global batch on every backend, CPU gloo included: a positive pair always sits on one rank, so
+per-rank statistics would give it a shared "same rank" signature that negatives from other ranks
+lack, and the contrastive loss could fall below what the content allows.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,94 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if get_world_size() == 1:
         return x
     return _AllGatherWithGrad.apply(x)
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """The sum of ``x`` over ranks; backward sums the incoming gradients over ranks (every rank's loss
+    depends on the sum), as :class:`_AllGatherWithGrad` does."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.contiguous().clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over ranks, differentiable (``x`` itself when not distributed)."""
+    if not is_initialized():
+        return x
+    return _AllReduceSumWithGrad.apply(x)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch (all ranks), on the CPU (gloo).
+
+    torch's :class:`~torch.nn.SyncBatchNorm` refuses CPU tensors (and DDP refuses it on CPU
+    modules); here the statistics come from two small differentiable all-reduces per layer:
+    per-channel sums and counts (the mean), then per-channel sums of squared deviations (the
+    biased variance used to normalise); running statistics take the unbiased variance, as in
+    :class:`torch.nn.BatchNorm2d`. Outside training, or without a process group, it is a plain
+    BatchNorm. Inputs ``[B, C, ...]``; parameter and buffer names are BatchNorm's, so state dicts
+    load into the unconverted model.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions [B, C, ...], got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not is_initialized():
+            return super().forward(x)
+        self._check_input_dim(x)
+        dims = [0, *range(2, x.dim())]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        count = x.new_full((1,), x.numel() // x.shape[1])
+        sums = all_reduce_sum_with_grad(torch.cat([x.sum(dims), count]))
+        n = sums[-1].detach()
+        mean = sums[:-1] / n
+        centred = x - mean.view(shape)
+        var = all_reduce_sum_with_grad(centred.square().sum(dims)) / n
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach() * n / (n - 1).clamp_min(1))
+        return y
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+        self.running_var.mul_(1 - m).add_(unbiased_var, alpha=m)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """Every ``BatchNorm*d`` of ``module`` normalising over the global batch: torch's
+    :class:`~torch.nn.SyncBatchNorm` on accelerators (fused kernels), :class:`GlobalBatchNorm` on
+    the CPU. Parameters and buffers are shared with the originals; returns the converted module."""
+    if torch.device(device).type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        bn = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats)
+        if module.affine:
+            bn.weight, bn.bias = module.weight, module.bias
+        if module.track_running_stats:
+            bn.running_mean, bn.running_var = module.running_mean, module.running_var
+            bn.num_batches_tracked = module.num_batches_tracked
+        bn.train(module.training)
+        return bn
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child))
+    return module
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

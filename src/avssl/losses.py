@@ -44,18 +44,29 @@ def _row_normalise(m: torch.Tensor) -> torch.Tensor:
     return m / m.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def _mask(logits: torch.Tensor, targets: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """``logits[n, G]`` with the same-source candidates that are not positives (target 0) removed
+    (set to the lowest float: zero probability, zero gradient). ``targets``: indices ``[n]`` or
+    distributions ``[n, G]``; ``same``: bool ``[n, G]``."""
+    positive = targets > 0 if targets.dim() == 2 else F.one_hot(targets, logits.shape[1]).bool()
+    return logits.masked_fill(same & ~positive, torch.finfo(logits.dtype).min)
+
+
 class ContrastiveLoss(nn.Module):
     """InfoNCE over ``cfg.pairs`` with ``cfg.weights`` (default 1), temperature ``cfg.temperature``
     (learnable as ``log(1 / temperature)`` when ``cfg.learn_temperature``), global negatives across
     ranks, and ``cfg.local_loss`` (each rank scores only its own rows against all columns).
 
-    ``forward(emb, mix)``: ``emb`` maps views to ``[B, D]`` (not necessarily normalised; pairs with
+    ``forward(emb, mix, sources)``: ``emb`` maps views to ``[B, D]`` (not necessarily normalised; pairs with
     a missing view are skipped). A two-crop pair ``"v-v"`` compares ``emb[v]`` with ``emb[v + "2"]``,
     the same view on a second crop of each clip (COLA-style). ``mix`` (``[B, B]``, from :func:`avssl.augment.mix`) is the
     audio -> video correspondence: row ``i`` is the distribution over the batch's video clips that
     clip ``i``'s audio is a positive for. Audio -> video targets are its rows, video -> audio
     targets the rows of its row-normalised transpose; audio <-> audio pairs (both from the same
-    waveform) always use one-hot targets. Returns ``{"nce/a-b": weight * loss}`` (scalars) whose sum
+    waveform) always use one-hot targets. ``sources`` (``int64[B]``, e.g.
+    :meth:`avssl.data.Batch.source_ids`): with ``cfg.mask_same_source`` every candidate from the
+    anchor's source video that is not one of its positives (target 0) is removed from the softmax
+    (the ids are gathered across ranks, so this holds for global negatives too). Returns ``{"nce/a-b": weight * loss}`` (scalars) whose sum
     is the objective. In the global mode every rank computes the same global loss; with
     ``local_loss`` the mean of the ranks' losses is the global loss.
     """
@@ -79,6 +90,7 @@ class ContrastiveLoss(nn.Module):
         else:
             self.register_buffer("log_scale", init)
         self.local_loss = cfg.local_loss
+        self.mask_same_source = cfg.mask_same_source
 
     @property
     def temperature(self) -> float:
@@ -87,16 +99,19 @@ class ContrastiveLoss(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
-    def forward(self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None = None, sources: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         present = [(a, b) for a, b in self.pairs if a in emb and b in emb]
         if not present:
             raise ValueError(f"no loss pair has both views among the embeddings {sorted(emb)}; pairs: {self.pairs}")
         device = next(iter(emb.values())).device
         with torch.autocast(device_type=device.type, enabled=False):
-            return self._losses(emb, mix, present)
+            return self._losses(emb, mix, sources if self.mask_same_source else None, present)
 
     def _losses(
-        self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None, pairs: list[tuple[str, str]]
+        self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None, sources: torch.Tensor | None,
+        pairs: list[tuple[str, str]],
     ) -> dict[str, torch.Tensor]:
         batch, device = next(iter(emb.values())).shape[0], next(iter(emb.values())).device
         rank, world = get_rank(), get_world_size()
@@ -109,6 +124,12 @@ class ContrastiveLoss(nn.Module):
             blocks = all_gather_with_grad(mix.detach().float().to(device)).split(batch)
             corr = torch.block_diag(*blocks)  # [G, G]: mixing stays within each rank's batch
         rows = slice(rank * batch, (rank + 1) * batch) if self.local_loss else slice(None)
+        same = None  # [rows, G]: candidate j comes from the anchor's source video
+        if sources is not None:
+            if sources.shape != (batch,):
+                raise ValueError(f"sources must be [{batch}] for a batch of {batch}, got {tuple(sources.shape)}")
+            ids = all_gather_with_grad(sources.to(device))
+            same = (ids[:, None] == ids[None, :])[rows]
         labels = torch.arange(batch * world, device=device)[rows]
         scale = self.logit_scale()
         # a deterministic order: every rank must issue the same collectives in the same order
@@ -126,6 +147,8 @@ class ContrastiveLoss(nn.Module):
             if corr is not None and _is_audio(a) != _is_audio(b):
                 c = corr if _is_audio(a) else corr.T
                 targets_ab, targets_ba = _row_normalise(c)[rows], _row_normalise(c.T)[rows]
+            if same is not None:
+                logits_ab, logits_ba = _mask(logits_ab, targets_ab, same), _mask(logits_ba, targets_ba, same)
             loss = 0.5 * (F.cross_entropy(logits_ab, targets_ab) + F.cross_entropy(logits_ba, targets_ba))
             out[self.names[(a, b)]] = self.weights[(a, b)] * loss
         return out

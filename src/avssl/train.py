@@ -292,11 +292,11 @@ class Trainer:
         self.two_crop = plan_views(cfg)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = build_model(cfg).to(device)
-        if cfg.train.sync_bn and world > 1:
-            if device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            else:
-                log.warning("train.sync_bn needs CUDA; BatchNorm statistics stay per rank on %s", device.type)
+        if world > 1:  # a positive pair shares its rank's batch statistics: per-rank BN leaks "same rank"
+            if not cfg.train.sync_bn:
+                raise ConfigError("train.sync_bn=false would normalise with per-rank BatchNorm statistics under "
+                                  f"{world} processes, which lets the loss tell ranks apart; keep train.sync_bn=true")
+            model = dist.convert_sync_batchnorm(model, device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -329,7 +329,7 @@ class Trainer:
         batch, mix_matrix = _augment_and_mix(batch, cfg, self.generator)
         with self.autocast():
             emb = _embed(self.train_model, batch, self.two_crop, "video" in cfg.model.views)
-        losses = self.loss_fn(emb, mix_matrix)
+        losses = self.loss_fn(emb, mix_matrix, batch.source_ids().to(self.device))
         total = torch.stack(list(losses.values())).sum()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
