@@ -268,3 +268,29 @@ def test_lr_schedule_and_embedding_metrics():
     assert m["uniform/spec"] == pytest.approx(-4.0)  # orthonormal: every squared distance is 2
     m = embedding_metrics({"spec": z, "video": z.roll(1, dims=0)})
     assert m["retrieval/a2v_top1"] == 0
+
+
+def test_resume_with_spec_masks_equals_uninterrupted(shards, tmp_path):
+    """Spec masks draw from the trainer's per-rank generator, whose state the checkpoint holds."""
+    cfg = load_config("tiny", BASE + ["train.steps=3", "train.ckpt_every=3", "data.num_workers=0",
+                                      "augment.spec_mask=true", "model.views=[spec, wave]", "loss.pairs=[spec-wave]"])
+    pretrain(cfg, shards, tmp_path / "full", progress=False)
+    pretrain(cfg, shards, tmp_path / "resumed", progress=False, max_seconds=0)  # stops after step 1
+    pretrain(cfg, shards, tmp_path / "resumed", resume=True, progress=False)
+    got, want = rows(tmp_path / "resumed"), rows(tmp_path / "full")
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for g, w in zip(got, want):
+        assert g["loss"] == pytest.approx(w["loss"], rel=1e-5, abs=1e-6), g["step"]
+
+
+def test_spec_masks_differ_per_rank():
+    from avssl.train import Trainer
+
+    cfg = load_config("tiny", BASE + ["augment.spec_mask=true"])
+    x = torch.ones(2, 1, 50, 16)
+
+    def masks(rank: int) -> torch.Tensor:
+        mask = Trainer(cfg, torch.device("cpu"), rank=rank).model.towers["spec"].mask
+        return torch.stack([mask(x) for _ in range(3)])
+
+    assert torch.equal(masks(0), masks(0)) and not torch.equal(masks(0), masks(1))

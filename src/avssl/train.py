@@ -41,6 +41,7 @@ from .config import Config, ConfigError, load_config, save_config
 from .data import Batch, make_loader
 from .losses import AUDIO_VIEWS, SECOND_CROP, ContrastiveLoss, parse_pair
 from .models import build_model
+from .models.spec import SpecMask
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,9 @@ class Trainer:
         )
         self.generator = torch.Generator()  # on the CPU: augment draws there and moves the numbers to the device
         self.generator.manual_seed(cfg.train.seed * 1000 + rank)
+        for m in model.modules():  # spec masks too: distinct per rank, and in the checkpointed generator state
+            if isinstance(m, SpecMask):
+                m.use_generator(self.generator)
         self.train_model: nn.Module = model
         if world > 1:
             ids = [local_rank] if device.type == "cuda" else None

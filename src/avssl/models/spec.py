@@ -48,24 +48,31 @@ def res_block_2d(cin: int, cout: int, pool: int) -> nn.Module:
 class SpecMask(nn.Module):
     """SpecAugment-style masking in training mode only: ``masks`` time stripes of up to
     ``max_time`` (a fraction of the steps) and ``masks`` mel stripes of up to ``max_freq`` bins,
-    set to 0 (the per-bin mean after the tower's input BatchNorm). Random draws come from the
-    module's own generator (seeded with ``seed``, created on the input's device at first use)."""
+    set to 0 (the per-bin mean after the tower's input BatchNorm). Random draws come from
+    ``generator``, on its own device and moved to the input's: the module's own CPU generator
+    (seeded with ``seed`` at first use) unless :meth:`use_generator` shares another. The trainer
+    shares its per-rank augmentation generator, so masks differ per rank and its checkpointed
+    state restores them exactly on resume."""
 
     def __init__(self, seed: int = 0, masks: int = 2, max_time: float = 0.1, max_freq: int = 8):
         super().__init__()
         self.seed, self.masks, self.max_time, self.max_freq = seed, masks, max_time, max_freq
         self.generator: torch.Generator | None = None
 
+    def use_generator(self, generator: torch.Generator) -> None:
+        """Draw the masks from ``generator`` from now on (not part of the state dict; save its state)."""
+        self.generator = generator
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 1, T, M]`` -> the same with stripes zeroed (unchanged in eval mode)."""
         if not self.training:
             return x
-        if self.generator is None or self.generator.device != x.device:
-            self.generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(self.seed)
         b, _, t, m = x.shape
         keep = torch.ones(b, 1, t, m, device=x.device, dtype=x.dtype)
         for axis, size, widest in ((2, t, max(1, int(self.max_time * t))), (3, m, min(self.max_freq, m))):
-            u = torch.rand(2, b, self.masks, generator=self.generator, device=x.device)
+            u = torch.rand(2, b, self.masks, generator=self.generator, device=self.generator.device).to(x.device)
             width = (u[0] * (widest + 1)).long()
             start = (u[1] * (size - width + 1)).long()
             pos = torch.arange(size, device=x.device)
