@@ -6,9 +6,12 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +115,54 @@ def test_interrupt_and_resume_equals_uninterrupted(full_run, shards, tmp_path):
     a, b = load_checkpoint(out / "checkpoint.pt")["model"], load_checkpoint(full_run / "checkpoint.pt")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(full_run, shards, tmp_path):
+    """``avssl pretrain`` in a subprocess, SIGKILLed (with its loader workers) at a seeded random step
+    with a checkpoint every step (the kill may land inside a save), then ``--resume``."""
+    out, kill_at = tmp_path / "killed", random.Random(12).randint(2, 5)
+    sets = [a for kv in RUN + ["train.ckpt_every=1"] for a in ("--set", kv)]
+    cmd = [sys.executable, "-m", "avssl", "pretrain", "--config", "tiny", "--data", str(shards), "--out", str(out),
+           "--no-progress", *sets]
+    with (tmp_path / "log.txt").open("w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            for _ in range(20000):  # bounded poll (wait() returns early if the run ends)
+                if (out / "checkpoint.pt").exists() and any(r.get("step", 0) >= kill_at for r in _rows_so_far(out)):
+                    break
+                with pytest.raises(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.02)
+            else:
+                pytest.fail("the run never reached the kill step")
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    finished = [p for p in out.iterdir() if p.suffix == ".pt"]
+    assert out / "checkpoint.pt" in finished
+    for p in finished:  # whatever looks finished is complete; a cut save is only ever a hidden .tmp
+        assert 1 <= load_checkpoint(p)["step"] <= kill_at + 1, p
+    assert all(p.suffix in (".pt", ".yaml", ".jsonl", ".txt") or p.name == "tb" or p.name.endswith(".tmp")
+               for p in out.iterdir()), sorted(out.iterdir())
+    args = ["pretrain", "--config", "tiny", "--data", str(shards), "--out", str(out), "--no-progress", "--resume"]
+    assert cli_main(args + [a for kv in RUN for a in ("--set", kv)]) == 0
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    got, want = rows(out), rows(full_run)
+    assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
+    for g, w in zip(got, want):
+        for k in LOSS_KEYS + ("lr",):
+            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["step"], k)
+    a, b = load_checkpoint(out / "checkpoint.pt")["model"], load_checkpoint(full_run / "checkpoint.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def _rows_so_far(out: Path) -> list[dict]:
+    """The complete lines of a live run's metrics.jsonl."""
+    path = out / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
 
 
 def _free_port() -> int:

@@ -152,13 +152,21 @@ def embedding_metrics(emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _step_of(row: str) -> float:
+    """The step of a ``metrics.jsonl`` line; infinity for a line a killed process left unfinished."""
+    try:
+        return json.loads(row)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 class MetricsWriter:
     """``metrics.jsonl`` + TensorBoard (when installed) in the run folder; main process only."""
 
     def __init__(self, out: Path, start_step: int) -> None:
         self.path = out / "metrics.jsonl"
         if self.path.exists():  # drop rows logged after the checkpoint we resume from: they are redone
-            rows = [r for r in self.path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= start_step]
+            rows = [r for r in self.path.read_text().splitlines() if _step_of(r) <= start_step]
             self.path.write_text("".join(r + "\n" for r in rows))
         self.tb = None
         try:
@@ -404,6 +412,9 @@ def pretrain(
     writer = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(f".{CHECKPOINT.split('.')[0]}*.tmp"):  # a save cut short by a kill: never finished
+            log.info("removing %s, an unfinished checkpoint write", stale)
+            stale.unlink()
         save_config(cfg, out / "config.yaml")
         writer = MetricsWriter(out, start)
 
