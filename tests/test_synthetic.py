@@ -132,6 +132,8 @@ def test_sound_bank_mode(tmp_path):
                            size=32, fps=FPS, progress=False)
     rows = read_labels(world)
     assert [r["label"] for r in rows] == ["alpha"] * 3 + ["beta"] * 3 + ["gamma"] * 3
+    heard = {split: {r["source"] for r in rows if r["split"] == split} for split in ("train", "test")}
+    assert heard["test"] and not heard["train"] & heard["test"]  # recordings are split before clips are drawn
     for r in rows:
         assert r["source"].startswith(r["label"] + "/") and r["source"] in recordings
         assert float(r["pitch_hz"]) == pytest.approx(note_hz(Path(r["source"]).stem), abs=1e-3)
@@ -143,6 +145,9 @@ def test_sound_bank_mode(tmp_path):
         assert abs(peak_hz - rec_peak) < 40
     with pytest.raises(ValueError, match="num_classes"):
         generate_world(tmp_path / "x", num_classes=4, clips_per_class=2, seconds=1.0, sound_bank=bank)
+    (bank / "gamma" / "C5.wav").unlink()
+    with pytest.raises(ValueError, match="'gamma' has 1 recording"):
+        generate_world(tmp_path / "x", num_classes=3, clips_per_class=2, seconds=1.0, sound_bank=bank)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         generate_world(tmp_path / "x", num_classes=2, clips_per_class=2, seconds=1.0, sound_bank=tmp_path / "nope")
 
@@ -155,6 +160,7 @@ def test_sound_bank_with_real_instruments(shared_data, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["label"] for r in rows] == ["bass-electric"] * 2 + ["bassoon"] * 2
     assert all(np.isfinite(float(r["pitch_hz"])) for r in rows)
+    assert not {r["source"] for r in rows if r["split"] == "train"} & {r["source"] for r in rows if r["split"] == "test"}
 
 
 def test_note_names_and_errors():

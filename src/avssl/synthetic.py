@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -228,6 +228,23 @@ def class_table(num_classes: int, sound_bank: str | Path | None = None) -> list[
         )
         for k, name in enumerate(names)
     ]
+
+
+def split_recordings(spec: ClassSpec, test_fraction: float, seed: int, class_index: int) -> dict[str, ClassSpec]:
+    """``{"train": spec, "test": spec}`` with disjoint sound-bank recordings: ``test_fraction`` of the
+    class's recordings (at least one, never all; seeded) serve only its test clips, the rest only its
+    training clips, so no held-out clip repeats a recording heard in training. Unchanged without a bank."""
+    recs = spec.recordings
+    if not recs:
+        return {"train": spec, "test": spec}
+    if len(recs) < 2:
+        raise ValueError(f"sound bank class {spec.label!r} has {len(recs)} recording; it needs at least 2 so that "
+                         "train and test clips use different recordings")
+    order = np.random.default_rng([seed, class_index, 1 << 21]).permutation(len(recs))
+    n_test = min(len(recs) - 1, max(1, int(round(len(recs) * test_fraction))))
+    test = sorted(recs[i] for i in order[:n_test])
+    train = sorted(recs[i] for i in order[n_test:])
+    return {"train": replace(spec, recordings=train), "test": replace(spec, recordings=test)}
 
 
 @dataclass
@@ -460,7 +477,8 @@ def generate_world(
     ``test_fraction`` of the clips go to the ``test`` split. Frames are ``size`` x ``size`` pixels at
     ``fps``; audio is mono at ``sample_rate`` Hz. ``sound_bank``: a folder with one subfolder of
     recordings per class (the first K sorted folders become the classes; each clip repeats one
-    recording, whose note name is its pitch). ``workers`` processes render and encode clips (default:
+    recording, whose note name is its pitch; each class's recordings are split between train and
+    test clips first, :func:`split_recordings`, so no test clip reuses a training recording). ``workers`` processes render and encode clips (default:
 one per CPU); the output does not depend on it. Same arguments -> same decoded content.
     """
     out_dir = Path(out_dir)
@@ -474,9 +492,13 @@ one per CPU); the output does not depend on it. Same arguments -> same decoded c
     n_test = max(1, int(round(clips_per_class * test_fraction)))
     test_ids = [set(np.random.default_rng([seed, k, 1 << 20]).permutation(clips_per_class)[:n_test].tolist())
                 for k in range(num_classes)]
-    jobs = [_ClipJob(out_dir, classes[k], k, j, "test" if j in test_ids[k] else "train", seed, seconds, size, fps,
-                     sample_rate, str(sound_bank) if sound_bank is not None else None)
-            for k in range(num_classes) for j in range(clips_per_class)]
+    by_split = [split_recordings(c, test_fraction, seed, k) for k, c in enumerate(classes)]
+    jobs = []
+    for k in range(num_classes):
+        for j in range(clips_per_class):
+            split = "test" if j in test_ids[k] else "train"
+            jobs.append(_ClipJob(out_dir, by_split[k][split], k, j, split, seed, seconds, size, fps, sample_rate,
+                                 str(sound_bank) if sound_bank is not None else None))
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     rows = []
     with contextlib.ExitStack() as stack:
