@@ -113,10 +113,31 @@ def _one_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def _carve(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices of ``y`` into (train, valid): stratified when every class has >= 2 examples."""
-    from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+def _carve(
+    y: np.ndarray, share: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices of ``y`` into (train, valid): stratified when every class has >= 2 examples.
 
+    With ``groups`` (one id per example, e.g. the source recording) no group straddles the two:
+    ``StratifiedGroupKFold`` with ``round(1 / share)`` folds (its first fold is the validation
+    set) for single-label ``y``, else ``GroupShuffleSplit``; ignored (with a warning) when there
+    are fewer than two groups."""
+    import warnings
+
+    from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit, StratifiedGroupKFold, StratifiedShuffleSplit
+
+    if groups is not None and len(np.unique(groups)) >= 2:
+        n_splits = max(2, int(round(1 / share)))
+        if y.ndim == 1 and len(np.unique(groups)) >= n_splits:
+            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        else:
+            splitter = GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed)
+        with warnings.catch_warnings():  # a class with fewer groups than folds is expected, not news
+            warnings.simplefilter("ignore", UserWarning)
+            tr, va = next(splitter.split(np.zeros(len(y)), y if y.ndim == 1 else None, groups))
+        return np.sort(tr), np.sort(va)
+    if groups is not None:
+        log.warning("fewer than two example groups: the validation split is carved without them")
     counts = np.unique(y, return_counts=True)[1] if y.ndim == 1 else np.zeros(0)
     stratify = y.ndim == 1 and counts.min() >= 2 and len(counts) <= min(share, 1 - share) * len(y)
     splitter = (StratifiedShuffleSplit if stratify else ShuffleSplit)(n_splits=1, test_size=share, random_state=seed)
@@ -146,13 +167,15 @@ def probe(
     min_steps: int = 600,
     patience: int = 15,
     valid_share: float = 0.2,
+    groups: np.ndarray | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Train a linear classifier on frozen embeddings and test it.
 
     ``*_x``: ``float[n, D]``; ``*_y``: class indices ``int[n]`` (softmax + cross-entropy) or
     multi-hot ``{0,1}[n, K]`` (per-class sigmoid + BCE). Without ``valid_x`` a validation split
-    (``valid_share``, stratified when possible, seeded) is carved from the training data.
+    (``valid_share``, stratified when possible, seeded) is carved from the training data, keeping
+    each of ``groups`` (one id per training example, e.g. its source recording) on one side.
     Features are standardised with the training mean/std. One linear layer per L2 weight in
     ``weight_decays`` is trained at once with Adam (``lr``, minibatches of ``batch_size``, at
     least ``min_steps`` steps up to ``max_epochs`` epochs, stopping after ``patience`` epochs
@@ -167,7 +190,7 @@ def probe(
         train_y, test_y = np.asarray(train_y), np.asarray(test_y)
         multilabel = train_y.ndim == 2
         if valid_x is None:
-            tr, va = _carve(train_y, valid_share, seed)
+            tr, va = _carve(train_y, valid_share, seed, groups)
             train_x, valid_x, train_y, valid_y = train_x[tr], train_x[va], train_y[tr], train_y[va]
         valid_x, valid_y = np.asarray(valid_x, np.float32), np.asarray(valid_y)
         if multilabel:
@@ -444,9 +467,13 @@ def run_probes(
         tr, te = task.indices(fold.train), task.indices(fold.test)
         va = task.indices(fold.valid) if fold.valid else None
         chance.append(_chance(task, tr, te))
+        groups = [task.examples[i].group for i in tr]  # examples without a group are groups of their own
+        groups = None if all(g is None for g in groups) else np.array(
+            [f"#{i}" if g is None else f"g:{g}" for i, g in zip(tr, groups)])
         for seed in range(seeds):
             res = probe(x[tr], y_all[tr], x[te], y_all[te], valid_x=None if va is None else x[va],
-                        valid_y=None if va is None else y_all[va], num_classes=k, seed=seed, device=device)
+                        valid_y=None if va is None else y_all[va], num_classes=k, seed=seed, groups=groups,
+                        device=device)
             runs.append({"fold": fold.name, "seed": seed, "weight_decay": res["weight_decay"], "epoch": res["epoch"],
                          "valid_score": res["valid_score"], "num_train": res["num_train"],
                          "num_valid": res["num_valid"], "num_test": int(len(te)), **res["metrics"]})

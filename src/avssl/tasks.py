@@ -43,13 +43,16 @@ class TaskDataError(FileNotFoundError):
 class Example:
     """One clip: ``path`` (any audio or video file), ``labels`` (one for single-label tasks),
     ``split`` (a name such as ``train`` or ``fold3``), and an optional segment ``start`` /
-    ``duration`` in seconds (``duration=None``: to the end of the file)."""
+    ``duration`` in seconds (``duration=None``: to the end of the file). ``group`` (optional):
+    clips that belong together (e.g. cut from one source recording); a validation split carved
+    from training data keeps each group whole (``avssl.evaluate.probe``)."""
 
     path: Path
     labels: tuple[str, ...]
     split: str
     start: float = 0.0
     duration: float | None = None
+    group: str | None = None
 
     @property
     def key(self) -> str:
@@ -328,11 +331,14 @@ def _esc(root: Path, esc10: bool) -> Task:
     name = "esc10" if esc10 else "esc50"
     with (root / "meta" / "esc50.csv").open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if not esc10 or r["esc10"].strip().lower() == "true"]
+    # clips cut from one source recording (file names {fold}-{src_file}-{take}-{target}.wav) form a group
     examples = _keep_existing(
-        name, [Example(root / "audio" / r["filename"], (r["category"],), f"fold{int(r['fold'])}") for r in rows], root
+        name, [Example(root / "audio" / r["filename"], (r["category"],), f"fold{int(r['fold'])}",
+                       group=(r.get("src_file") or r["filename"].split("-")[1]).strip()) for r in rows], root
     )
     return Task(name, examples, _class_order(r["category"] for r in rows), cv_folds(5),
-                description=f"{name.upper()}: the 5 official folds of meta/esc50.csv (test on one, train on four)",
+                description=f"{name.upper()}: the 5 official folds of meta/esc50.csv (test on one, train on four; "
+                "validation carved by source recording)",
                 split_order=[f"fold{k}" for k in range(1, 6)])
 
 
