@@ -134,7 +134,8 @@ def test_global_batchnorm_equals_batchnorm_of_the_global_batch(tmp_path):
 
 def test_global_batchnorm_is_plain_batchnorm_without_a_process_group():
     conv = distributed.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)))[0]
-    assert isinstance(conv, distributed.GlobalBatchNorm) and set(conv.state_dict()) == set(nn.BatchNorm2d(3).state_dict())
+    assert isinstance(conv, distributed.GlobalBatchNorm)
+    assert set(conv.state_dict()) == set(nn.BatchNorm2d(3).state_dict())
     x = torch.randn(4, 3, 5, 2)
     torch.testing.assert_close(conv(x), nn.BatchNorm2d(3)(x))
     conv.eval()

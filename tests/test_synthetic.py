@@ -160,7 +160,8 @@ def test_sound_bank_with_real_instruments(shared_data, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["label"] for r in rows] == ["bass-electric"] * 2 + ["bassoon"] * 2
     assert all(np.isfinite(float(r["pitch_hz"])) for r in rows)
-    assert not {r["source"] for r in rows if r["split"] == "train"} & {r["source"] for r in rows if r["split"] == "test"}
+    heard = {split: {r["source"] for r in rows if r["split"] == split} for split in ("train", "test")}
+    assert not heard["train"] & heard["test"]
 
 
 def test_note_names_and_errors():

@@ -6,7 +6,10 @@ window and exactly its frames, then applies random resized crop, flip and colour
 frames (the same for every frame of a clip) and a random gain to the audio.
 
 Spectrogram masking (``cfg.spec_mask``) is applied inside the spectrogram tower
-(:class:`avssl.models.spec.SpecMask`, training mode only), where the log-mel front-end lives.
+(:class:`avssl.models.spec.SpecMask`, training mode only), where the log-mel front-end lives; the
+trainer hands it the same per-rank generator as these transforms, so every random draw of a step
+(crops, frame and gain augmentation, mixing, spec masks) comes from one generator whose state the
+checkpoint saves, and ranks draw different masks.
 
 Random numbers are drawn on the generator's device and moved to the batch's device, so a CPU
 generator drives a CUDA batch reproducibly.

@@ -11,7 +11,9 @@ then collates crops into a :class:`Batch`.
 Determinism and equal lengths. Each rank reads an endless, seeded stream made of *passes*: pass
 ``p`` permutes the shard list with ``seed`` and ``p`` (the same permutation on every rank), gives
 each (rank, worker) slot its share, shuffles through the buffer and crops with a generator seeded
-from ``(seed, p, key)``. Batch ``g`` of a rank always comes from the same slot, so the stream is a
+from ``(seed, p, key)``. A batch never spans two passes (each slot's pass yields
+``n // batch_size`` batches; its last ``n % batch_size`` shuffled samples sit that pass out), so no
+batch holds a clip twice. Batch ``g`` of a rank always comes from the same slot, so the stream is a
 pure function of ``(seed, world size, workers, batch index)``: a resumed run skips the batches
 already consumed (reading raw tar bytes only, no decoding; whole passes are skipped by arithmetic
 when the manifest gives the sample counts) and sees exactly the batches an uninterrupted run
@@ -402,8 +404,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             idle_passes = 0 if seen >= bsz else idle_passes + 1
             if idle_passes > len(self.shards.urls):
                 raise DataError(
-                    f"rank {self.rank} reader slot {slot} gets {seen} sample(s) per pass from {self.shards.urls[0]}..., "
-                    f"fewer than data.batch_size={bsz}; lower data.batch_size or data.num_workers, or add data"
+                    f"rank {self.rank} reader slot {slot} gets {seen} sample(s) per pass from "
+                    f"{self.shards.urls[0]}..., fewer than data.batch_size={bsz}; lower data.batch_size or "
+                    "data.num_workers, or add data"
                 )
             p += 1
 
@@ -512,8 +515,9 @@ def make_loader(
     global_batch = cfg.data.batch_size * world_size
     epoch_batches = cfg.data.epoch_batches or max(1, total // global_batch)
     if shards.manifest is not None and total < global_batch:  # a batch would have to hold a clip twice
-        raise DataError(f"{data}: {total} samples are fewer than one global batch (data.batch_size={cfg.data.batch_size}"
-                        f" x {world_size} process(es)); lower data.batch_size or add data")
+        raise DataError(f"{data}: {total} samples are fewer than one global batch "
+                        f"(data.batch_size={cfg.data.batch_size} x {world_size} process(es)); "
+                        "lower data.batch_size or add data")
     if with_frames is None:
         with_frames = "video" in cfg.model.views
     stream = ShardStream(

@@ -66,8 +66,8 @@ class ContrastiveLoss(nn.Module):
     waveform) always use one-hot targets. ``sources`` (``int64[B]``, e.g.
     :meth:`avssl.data.Batch.source_ids`): with ``cfg.mask_same_source`` every candidate from the
     anchor's source video that is not one of its positives (target 0) is removed from the softmax
-    (the ids are gathered across ranks, so this holds for global negatives too). Returns ``{"nce/a-b": weight * loss}`` (scalars) whose sum
-    is the objective. In the global mode every rank computes the same global loss; with
+    (the ids are gathered across ranks, so this holds for global negatives too).
+    Returns ``{"nce/a-b": weight * loss}`` (scalars) whose sum is the objective. In the global mode every rank computes the same global loss; with
     ``local_loss`` the mean of the ranks' losses is the global loss.
     """
 
