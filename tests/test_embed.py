@@ -11,7 +11,8 @@ from avssl.audio import load_audio, resample
 from avssl.checkpoint import save_checkpoint
 from avssl.cli import main as cli_main
 from avssl.config import load_config
-from avssl.embed import Embedder, collect_inputs, load_model
+from avssl.collection import collect_inputs
+from avssl.embed import Embedder, load_model
 from avssl.models import build_model
 from avssl.video import encode_audio, encode_video
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from avssl.cli import main as cli_main
-from avssl.embed import export_onnx, load_model
+from avssl.embed import load_model
+from avssl.export import export_onnx
 from test_embed import make_checkpoint
 
 ort = pytest.importorskip("onnxruntime")

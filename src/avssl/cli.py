@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("avssl.ingest", "videos -> WebDataset shards of aligned audio + low-resolution frames"),
     "pretrain": ("avssl.train", "self-supervised pretraining from shards (also under torchrun)"),
     "embed": ("avssl.embed", "audio embeddings for files and folders with a checkpoint"),
-    "export": ("avssl.embed", "export a checkpoint's audio tower (with its log-mel front-end) to ONNX"),
+    "export": ("avssl.export", "export a checkpoint's audio tower (with its log-mel front-end) to ONNX"),
     "eval": ("avssl.evaluate", "linear-probe evaluation of models and baselines on tasks"),
     "demo": ("avssl.demo", "the whole method end to end on a built-in audio-visual world"),
 }

@@ -5,7 +5,8 @@
 ``get_timestamp_embeddings(audio, model)`` -> ``(float32[n_sounds, n_timestamps, D], timestamps_ms
 float32[n_sounds, n_timestamps])`` every :data:`TIMESTAMP_HOP_MS` milliseconds. ``audio`` is
 ``float32[n_sounds, n_samples]`` in [-1, 1] at ``model.sample_rate``; outputs are on ``audio``'s device.
-Windowing and padding follow :mod:`avssl.embed`. Usage with hear-eval-kit: ``--module avssl.hear
+Windowing and padding follow :mod:`avssl.embed`; the audio stays a torch tensor throughout (no numpy round
+trip; it is moved to the model's device once, and the results back once). Usage with hear-eval-kit: ``--module avssl.hear
 --model CHECKPOINT.pt``.
 """
 
@@ -48,14 +49,15 @@ def _check(audio: torch.Tensor) -> None:
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     """``float32[n_sounds, n_samples]`` at ``model.sample_rate`` -> ``float32[n_sounds, scene_embedding_size]``."""
     _check(audio)
-    emb = model.embedder.embed(audio, model.sample_rate)
-    return torch.from_numpy(emb).to(audio.device)
+    emb, _, _ = model.embedder.embed_tensors(audio.to(model.embedder.device), model.sample_rate)
+    return emb.to(audio.device)
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
     """``float32[n_sounds, n_samples]`` -> (``float32[n_sounds, n_timestamps, timestamp_embedding_size]``,
     timestamps in milliseconds ``float32[n_sounds, n_timestamps]``: ``0, 50, 100, ...`` up to the duration)."""
     _check(audio)
-    emb, seconds = model.embedder.embed_timestamps(audio, model.sample_rate, hop=TIMESTAMP_HOP_MS / 1000)
+    _, emb, seconds = model.embedder.embed_tensors(audio.to(model.embedder.device), model.sample_rate,
+                                                   hop=TIMESTAMP_HOP_MS / 1000)
     ts = torch.from_numpy(seconds * 1000).float()[None].expand(audio.shape[0], -1).contiguous()
-    return torch.from_numpy(emb).to(audio.device), ts.to(audio.device)
+    return emb.to(audio.device), ts.to(audio.device)

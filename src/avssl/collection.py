@@ -1,0 +1,216 @@
+"""``avssl embed`` over collections: files, folders and list files -> one ``.npz`` per input, resumable.
+
+Decoding and resampling run in ``workers`` background processes (a ``torch.utils.data.DataLoader`` over the
+inputs, in order, a few files ahead) while the tower runs in this process, so the two overlap on separate
+cores; the tower runs once per file, also with ``timestamps`` (:meth:`avssl.embed.Embedder.embed_with_timestamps`).
+
+Interruption safety: each output is written to a hidden temp name beside it (``.NAME.tmp``, the same name for
+the same output, so a rerun overwrites a leftover) and renamed when complete; a rerun keeps every output whose
+``input`` field names the same input and recomputes the rest; ``index.jsonl`` is written at the end.
+Imports only inference code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .audio import LIST_SUFFIXES, MEDIA_SUFFIXES, load_audio
+from .checkpoint import file_sha1
+from .embed import Embedder, load_model
+
+log = logging.getLogger(__name__)
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """Expand files, folders (recursive, media files only) and list files (``.txt``/``.lst``/``.list``, one
+    path per line, ``#`` comments, relative to the list file) into ``(path, output name)`` pairs.
+
+    Output names mirror the input (``folder/sub/a.wav`` -> ``folder/sub/a.wav.npz``); names that two inputs
+    would share get a hash of each full path. Missing paths are kept so that they are reported as skipped.
+    """
+    items: list[tuple[Path, str]] = []
+
+    def add(p: Path, rel: str) -> None:
+        if p.is_dir():
+            for f in sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in MEDIA_SUFFIXES):
+                items.append((f, f"{rel}/{f.relative_to(p).as_posix()}"))
+        elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    q = Path(line) if Path(line).is_absolute() else p.parent / line
+                    add(q, q.name)
+        else:
+            items.append((p, rel))
+
+    for x in inputs:
+        add(Path(x), Path(x).resolve().name)
+    unique: dict[Path, tuple[Path, str]] = {}  # resolved path -> first (path, name) it was given as
+    for p, rel in items:
+        unique.setdefault(p.resolve(), (p, rel))
+    counts: dict[str, int] = {}
+    for _, rel in unique.values():
+        counts[rel] = counts.get(rel, 0) + 1
+    return [(p, f"{rel}.npz" if counts[rel] == 1 else f"{rel}.{hashlib.sha1(str(key).encode()).hexdigest()[:10]}.npz")
+            for key, (p, rel) in unique.items()]
+
+
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to ``path`` atomically: a hidden temp file beside it (one name per output, so a rerun
+    after a kill overwrites the leftover), then a rename, so no reader ever sees a half-written output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _made_from(path: Path) -> str | None:
+    """The input an existing output was made from (None if there is no readable output)."""
+    try:
+        with np.load(path) as z:
+            return str(z["input"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+
+class _Decode(torch.utils.data.Dataset):
+    """``i`` -> ``(audio float32[N] at sample_rate or None, error message or None)`` for the ``i``-th path."""
+
+    def __init__(self, paths: list[Path], sample_rate: int):
+        self.paths, self.sample_rate = paths, sample_rate
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return load_audio(self.paths[i], self.sample_rate), None
+        except Exception as e:  # a bad file must not stop a long run: report why, go on
+            return None, f"{type(e).__name__}: {e}"
+
+
+def decoded(paths: list[Path], sample_rate: int, workers: int) -> Iterator[tuple[torch.Tensor | None, str | None]]:
+    """Decode ``paths`` in order in ``workers`` processes (0: in this one), at most ``2 * workers`` files ahead;
+    yield ``(audio float32[N] or None, error or None)`` per path. The workers exit with this process."""
+    loader = torch.utils.data.DataLoader(_Decode(paths, sample_rate), batch_size=None, shuffle=False,
+                                         num_workers=workers, prefetch_factor=2 if workers else None)
+    yield from loader
+
+
+def _node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]:
+    """Explicit ``--num-nodes/--node-rank``, else torchrun's ``WORLD_SIZE``/``RANK``, else one process."""
+    if num_nodes is None:
+        num_nodes = int(os.environ.get("WORLD_SIZE", 1))
+        node_rank = int(os.environ.get("RANK", 0)) if node_rank is None else node_rank
+    node_rank = 0 if node_rank is None else node_rank
+    if not 0 <= node_rank < num_nodes:
+        raise ValueError(f"node rank {node_rank} is out of range for {num_nodes} nodes; use 0..{num_nodes - 1}")
+    return num_nodes, node_rank
+
+
+def _check_settings(out_dir: Path, settings: dict, **info: Any) -> None:
+    """Write ``out_dir/embed.json`` on the first run; on later runs (resume) refuse other ``settings``."""
+    path = out_dir / "embed.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in settings} != settings:
+            raise ValueError(f"{out_dir} holds embeddings made with other settings or another checkpoint ({path}: "
+                             f"{old}); use a new --out folder or delete the old one")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".embed.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**settings, **info, "avssl_version": __version__}, indent=1))
+    os.replace(tmp, path)
+
+
+
+
+def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
+                     view: str = "spec", device: str | None = None, timestamps: bool = False, hop: float = 0.1,
+                     overlap: float = 0.5, num_nodes: int | None = None, node_rank: int | None = None,
+                     workers: int = 1, threads: int | None = None, progress: bool = True,
+                     features: str | None = None) -> list[dict]:
+    """Embed every file in ``inputs`` (see :func:`collect_inputs`) into ``out_dir``; return the index rows.
+
+    One ``.npz`` per input under ``out_dir/embeddings/`` with ``embedding`` float32[D], ``seconds`` (the
+    duration) and ``input`` (resolved path), plus ``timestamps`` float64[T] and ``timestamp_embeddings``
+    float32[T, D] when ``timestamps``. ``out_dir/index.jsonl`` (``index-{rank}-of-{num_nodes}.jsonl`` when
+    split) has one row per input: ``input``, ``output``, ``status`` (``ok``, ``done`` = kept from an earlier
+    run, ``skipped``), ``reason``. Existing outputs made from the same input are kept (resume). Inputs are
+    split ``node_rank::num_nodes`` across processes. ``workers`` decoding processes run beside the tower;
+    ``threads`` sets the tower's torch threads (default: torch's, one per core).
+    """
+    out_dir = Path(out_dir)
+    num_nodes, node_rank = _node_split(num_nodes, node_rank)
+    if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
+    if threads:
+        torch.set_num_threads(int(threads))
+    embedder = load_model(checkpoint, device=device, view=view, overlap=overlap, features=features)
+    _check_settings(out_dir, {"features": embedder.features,
+        "checkpoint_sha1": file_sha1(checkpoint), "view": view, "timestamps": timestamps,
+        "hop": hop if timestamps else None, "sample_rate": embedder.sample_rate, "embedding_dim": embedder.embedding_dim,
+        "window_seconds": embedder.window / embedder.sample_rate, "overlap": 1 - embedder.window_hop / embedder.window,
+    }, checkpoint=str(Path(checkpoint).resolve()))
+
+    items = collect_inputs(inputs)[node_rank::num_nodes]
+    rows, todo = [], []
+    for path, name in items:
+        if _made_from(out_dir / "embeddings" / name) == str(path.resolve()):
+            rows.append({"input": str(path), "output": f"embeddings/{name}", "status": "done", "reason": None})
+        else:
+            todo.append((path, name))
+    log.info("embed: %d inputs on this node, %d already done, %d to do", len(items), len(items) - len(todo), len(todo))
+    audios = decoded([p for p, _ in todo], embedder.sample_rate, workers)
+    for (path, name), (audio, error) in tqdm(zip(todo, audios), total=len(todo), desc="embed", unit="file",
+                                             disable=not progress):
+        row = {"input": str(path), "output": None, "status": "skipped", "reason": error}
+        if error is None:
+            try:
+                _save_npz(out_dir / "embeddings" / name, **_embed_file(embedder, audio, path, timestamps, hop))
+                row.update(output=f"embeddings/{name}", status="ok")
+            except Exception as e:  # a bad file must not stop a long run: record why and go on
+                row["reason"] = f"{type(e).__name__}: {e}"
+        if row["reason"]:
+            log.warning("skipped %s: %s", path, row["reason"])
+        rows.append(row)
+    _write_index(out_dir / ("index.jsonl" if num_nodes == 1 else f"index-{node_rank}-of-{num_nodes}.jsonl"), rows)
+    return rows
+
+
+def _embed_file(embedder: Embedder, audio: torch.Tensor, path: Path, timestamps: bool, hop: float) -> dict:
+    """One file's output arrays; clip and timestamp embeddings from one pass of the tower."""
+    arrays = {"input": str(path.resolve()), "seconds": np.float64(len(audio) / embedder.sample_rate)}
+    if timestamps:
+        clip, frames, seconds = embedder.embed_with_timestamps(audio, embedder.sample_rate, hop=hop)
+        arrays.update(timestamps=seconds, timestamp_embeddings=frames[0])
+    else:
+        clip = embedder.embed(audio, embedder.sample_rate)
+    return {"embedding": clip[0], **arrays}
+
+
+def _write_index(index: Path, rows: list[dict]) -> None:
+    """Write the index rows (sorted by input) atomically and log what was skipped."""
+    tmp = index.with_name(f".{index.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["input"])))
+    os.replace(tmp, index)
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    log.info("embed: wrote %s (%d ok, %d kept, %d skipped)", index, sum(r["status"] == "ok" for r in rows),
+             sum(r["status"] == "done" for r in rows), len(skipped))
+    for r in skipped:
+        log.info("  skipped %s: %s", r["input"], r["reason"])

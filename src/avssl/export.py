@@ -1,0 +1,93 @@
+"""ONNX export of an audio tower with its log-mel front-end (``avssl export``), and the onnxruntime session
+settings measured fastest on CPUs (``benchmarks/speed.py``).
+
+Imports only inference code. The graph: ``audio`` float32[batch, samples] mono at the model's rate ->
+``embedding`` float32[batch, D], the tower's pooled features of that input (no windowing: the caller windows
+long audio as :mod:`avssl.embed` does). Batch and length are dynamic. The front-end's STFT is written as a
+strided convolution with a windowed DFT basis (the TorchScript exporter cannot export a complex
+``torch.stft``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import LogMel
+from .embed import Embedder, load_model
+from .models import AUDIO_VIEWS
+
+log = logging.getLogger(__name__)
+
+def export_onnx(embedder: Embedder, path: str | Path, opset: int = 17, check: bool = True) -> Path:
+    """Export ``embedder``'s tower (log-mel front-end included) to ONNX at ``path``.
+
+    With ``check``, onnxruntime is compared with torch on two inputs of different sizes and a difference
+    above 1e-4 is an error.
+    """
+    path = Path(path)
+    tower = copy.deepcopy(embedder.tower).cpu().eval()
+    for m in tower.modules():
+        if isinstance(m, LogMel):
+            m.export_mode = True
+    example = torch.randn(2, embedder.window, generator=torch.Generator().manual_seed(0)) * 0.1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(tower, (example,), str(path), input_names=["audio"], output_names=["embedding"],
+                          dynamic_axes={"audio": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+    if check:
+        sess = onnx_session(path)
+        g = torch.Generator().manual_seed(1)
+        for shape in [(1, embedder.window), (3, embedder.window + embedder.window // 3 + 7)]:
+            x = torch.randn(*shape, generator=g) * 0.1
+            with torch.inference_mode():
+                ref = embedder.tower(x.to(embedder.device)).float().cpu().numpy()
+            got = sess.run(None, {"audio": x.numpy()})[0]
+            err = float(np.abs(got - ref).max())
+            if err > 1e-4:
+                raise RuntimeError(f"{path}: onnxruntime differs from torch by {err:.2e} on input {shape}")
+            log.info("export check %s: max |onnx - torch| = %.2e", shape, err)
+    return path
+
+
+def onnx_session(path: str | Path, threads: int | None = None, spinning: bool = False):
+    """An onnxruntime CPU session for an exported tower: ``threads`` intra-op threads (default: the
+    runtime's choice, one per core), sequential execution, all graph optimisations, and (unless
+    ``spinning``) worker threads that sleep instead of spinning between operators, which is faster on a
+    machine shared with other processes (measured in ``benchmarks/speed.py``)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+# -- CLI: avssl export ----------------------------------------------------------------------------------------
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="avssl checkpoint (.pt)")
+    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--view", default="spec", choices=AUDIO_VIEWS, help="which audio tower (default spec)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch comparison")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    embedder = load_model(args.checkpoint, device="cpu", view=args.view)
+    path = export_onnx(embedder, args.onnx, opset=args.opset, check=not args.no_check)
+    log.info("wrote %s (input 'audio' [batch, samples] at %d Hz -> 'embedding' [batch, %d])", path,
+             embedder.sample_rate, embedder.embedding_dim)
+    return 0
