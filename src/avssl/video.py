@@ -35,6 +35,7 @@ REASONS = {
     "audio-only": "no video stream (audio-only input; set ingest.audio_only=keep to keep it)",
     "too-short": "shorter than ingest.min_seconds",
     "not-found": "segment's video not found among the inputs",
+    "error": "unexpected error while decoding or encoding (detail names it; the traceback is logged)",
 }
 
 
