@@ -119,8 +119,23 @@ def _read_spool(spool: Path) -> Iterator[dict[str, bytes]]:
                 return
 
 
+def _remove_spools(out: Path, rank: int) -> None:
+    for folder in (out / STATE_DIR).glob(f"spool-{rank:04d}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_PARENT_PID: int | None = None  # a pool worker's parent process
+
+
+def _worker_init(parent_pid: int) -> None:
+    global _PARENT_PID
+    _PARENT_PID = parent_pid
+
+
 def _process_star(args: tuple[Item, Config, Path, int]) -> tuple[int, ItemResult]:
     item, cfg, spool, threads = args
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(0)  # the ingest process was killed: take no more of its queued work
     return int(spool.stem), process_item(item, cfg, spool, threads)
 
 
@@ -243,9 +258,9 @@ def ingest(
         todo = items[next_item:]
         log.info("ingesting %d of %d inputs (node %d of %d) with %d workers into %s",
                  len(todo), len(all_items), node_rank, num_nodes, workers, out)  # fmt: skip
-        spool_dir = out / STATE_DIR / f"spool-{node_rank:04d}"
-        shutil.rmtree(spool_dir, ignore_errors=True)  # an interrupted run's spool files
-        spool_dir.mkdir()
+        _remove_spools(out, node_rank)  # an interrupted run's
+        spool_dir = out / STATE_DIR / f"spool-{node_rank:04d}-{os.getpid()}"  # not shared with its stray workers
+        spool_dir.mkdir(exist_ok=True)
         shards = _NodeShards(out, state, _state_path(out, node_rank, num_nodes), node_rank, num_nodes,
                              cfg.ingest.samples_per_shard)  # fmt: skip
         bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="ingest")
@@ -255,7 +270,7 @@ def ingest(
             bar.set_postfix(clips=shards.total)
         bar.close()
         shards.finish(len(items))
-        shutil.rmtree(spool_dir, ignore_errors=True)
+        _remove_spools(out, node_rank)
     manifest = _merge_manifest(out, num_nodes)
     summary = manifest or {
         "complete": False, "total_samples": sum(s["samples"] for s in state["shards"]),
@@ -281,7 +296,7 @@ def _run(items: list[Item], cfg: Config, workers: int, spool_dir: Path) -> Itera
 
     done: dict[int, ItemResult] = {}
     next_index = 0
-    with mp.get_context("fork").Pool(workers) as pool:
+    with mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         tasks = [(items[i], cfg, spools[i], 1) for i in _schedule(items)]
         for i, result in pool.imap_unordered(_process_star, tasks, chunksize=1):
             done[i] = result
