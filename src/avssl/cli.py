@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("avssl.embed", "audio embeddings for files and folders with a checkpoint"),
     "export": ("avssl.export", "export a checkpoint's audio tower (with its log-mel front-end) to ONNX"),
     "eval": ("avssl.evaluate", "linear-probe evaluation of models and baselines on tasks"),
+    "sweep": ("avssl.sweep", "experiment grids: pretrain at fixed steps + evaluate, per cell, with baselines"),
     "demo": ("avssl.demo", "the whole method end to end on a built-in audio-visual world"),
 }
 

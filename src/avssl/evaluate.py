@@ -338,7 +338,8 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
         from .models import build_model
 
         target = spec.split(":", 1)[1]
-        cfg = Config.from_dict(load_checkpoint(target)["config"]) if Path(target).is_file() else load_config(target)
+        is_ckpt = Path(target).is_file() and Path(target).suffix.lower() not in (".yaml", ".yml")
+        cfg = Config.from_dict(load_checkpoint(target)["config"]) if is_ckpt else load_config(target)
         if view not in cfg.model.views:
             raise ValueError(f"{spec}: the architecture has views {cfg.model.views}, not {view!r}; use --view")
         with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the global RNG alone
@@ -372,10 +373,25 @@ def _config_hash(cfg: AudioConfig) -> str:
 # ---------------------------------------------------------------------------------------- embedding cache
 
 
-def _load_clip(ex: Example, sample_rate: int, whole: Callable[[Path, int], np.ndarray]) -> np.ndarray:
-    """Decode an example's audio (mono float32 at ``sample_rate``), cut to its segment if any."""
+class AudioCache:
+    """Decoded audio kept in memory across models (a sweep evaluates many models on the same clips):
+    ``cache(path, sample_rate)`` decodes once. Memory: 64 KB per second of audio at 16 kHz."""
+
+    def __init__(self) -> None:
+        self._audio: dict[tuple[str, int], np.ndarray] = {}
+
+    def __call__(self, path: Path, sample_rate: int) -> np.ndarray:
+        key = (str(path), int(sample_rate))
+        if key not in self._audio:
+            self._audio[key] = load_audio(path, sample_rate)
+        return self._audio[key]
+
+
+def _load_clip(ex: Example, sample_rate: int, whole: Callable[[Path, int], np.ndarray],
+               decode: Callable[[Path, int], np.ndarray] = load_audio) -> np.ndarray:
+    """Decode an example's audio (mono float32 at ``sample_rate``) with ``decode``, cut to its segment if any."""
     if ex.start == 0.0 and ex.duration is None:
-        return load_audio(ex.path, sample_rate)
+        return decode(ex.path, sample_rate)
     audio = whole(ex.path, sample_rate)  # segments reuse their decoded source file
     i = int(round(ex.start * sample_rate))
     j = len(audio) if ex.duration is None else i + int(round(ex.duration * sample_rate))
@@ -383,19 +399,21 @@ def _load_clip(ex: Example, sample_rate: int, whole: Callable[[Path, int], np.nd
 
 
 def _embed_examples(
-    encoder: Encoder, examples: list[Example], batch_size: int, progress: bool, desc: str
+    encoder: Encoder, examples: list[Example], batch_size: int, progress: bool, desc: str,
+    audio_cache: AudioCache | None = None,
 ) -> np.ndarray:
     """Embed examples in order, ``batch_size`` clips (of any lengths) per call; decoding on 2 threads."""
     from tqdm import tqdm
 
     sr = encoder.sample_rate
-    whole = functools.lru_cache(maxsize=8)(load_audio)
+    decode = audio_cache or load_audio
+    whole = audio_cache or functools.lru_cache(maxsize=8)(load_audio)
     out: list[np.ndarray] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool, tqdm(
         total=len(examples), desc=desc, disable=not progress, unit="clip"
     ) as bar:
         for i in range(0, len(examples), batch_size):
-            clips = list(pool.map(lambda ex: _load_clip(ex, sr, whole), examples[i : i + batch_size]))
+            clips = list(pool.map(lambda ex: _load_clip(ex, sr, whole, decode), examples[i : i + batch_size]))
             emb = np.asarray(encoder.embed(clips, sr), dtype=np.float32)
             if emb.shape[0] != len(clips) or emb.ndim != 2 or not np.isfinite(emb).all():
                 raise RuntimeError(f"{desc}: the encoder returned {emb.shape} (finite: {np.isfinite(emb).all()}) "
@@ -406,11 +424,12 @@ def _embed_examples(
 
 
 def embed_task(
-    ref: ModelRef, task: Task, cache_dir: str | Path, *, batch_size: int = 32, progress: bool = True
+    ref: ModelRef, task: Task, cache_dir: str | Path, *, batch_size: int = 32, progress: bool = True,
+    audio_cache: AudioCache | None = None,
 ) -> np.ndarray:
     """Embeddings ``float32[len(task.examples), D]`` in example order, from the cache
     ``<cache_dir>/<model id>/<task.audio_id>/<split>.npz`` where present (and matching the split's
-    examples), else computed and cached per split."""
+    examples), else computed and cached per split. ``audio_cache`` keeps decoded audio for later models."""
     folder = Path(cache_dir) / ref.cache_id / slug(task.audio_id)
     folder.mkdir(parents=True, exist_ok=True)
     parts: dict[str, np.ndarray] = {}
@@ -426,7 +445,7 @@ def embed_task(
                     continue
             log.warning("%s: cached keys differ from the task's %s split; re-embedding", path, split)
         emb = _embed_examples(ref.encoder, [task.examples[i] for i in idx], batch_size, progress,
-                              f"{ref.name} {task.name}/{split}")
+                              f"{ref.name} {task.name}/{split}", audio_cache)
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as f:
             np.savez(f, embeddings=emb, keys=keys)

@@ -1,0 +1,359 @@
+"""``avssl sweep``: experiment grids. Each cell = one pretraining run at fixed steps + the linear-probe
+evaluation on the tasks; the baselines (``logmel-stats``, ``mfcc-stats``, ``random-init``) are cells too.
+
+A sweep is a base config (a preset plus ``--set`` overrides) and a list of variants: the named cells
+of a recipe (``configs/recipes/NAME.yaml``) and/or the cartesian product of ``--grid key=v1,v2``,
+each repeated for ``--seeds`` seeds (``train.seed`` = 0, 1, ...). Budgets are optimizer steps
+(``train.steps``), never seconds.
+
+Layout of ``--out`` (every file is rebuilt from the cells, so a rerun or a grown grid never redoes a
+finished cell)::
+
+    runs/<train key>/      the pretraining run (checkpoint.pt, metrics.jsonl, config.yaml); the key is
+                           the hash of the resolved config without its inference-only ``embed`` section
+                           and the data, so cells that differ only in ``embed.*`` share one run
+    cells/<cell key>/      config.yaml, cell.json (name, overrides, seed, status done/failed + error,
+                           compute, per-task results)
+    embeddings/            the evaluation's embedding cache (avssl.evaluate)
+    results.jsonl          one row per (cell, task)
+    results.md             the ablation table: variants as rows; tasks, their mean and compute as columns
+    plots/                 quality vs compute, quality vs steps, per-task bars
+
+``--cell K`` runs only cell ``K`` of ``--list`` (training cells first, then baselines), so a cluster
+job array runs one cell per job; each job may itself run under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import distributed as dist
+from .config import PRESET_DIR, Config, ConfigError, apply_overrides, load_config, parse_set, save_config
+from .sweep_report import write_report
+
+log = logging.getLogger(__name__)
+
+RECIPE_DIR = PRESET_DIR / "recipes"
+BASELINES = ("logmel-stats", "mfcc-stats")
+DEFAULT_CONFIG = "cpu"
+
+
+@dataclass
+class Cell:
+    """One unit of work: a training cell (``kind="train"``) or a baseline (``kind="baseline"``)."""
+
+    name: str  # the variant's name (shared by its seeds)
+    kind: str
+    seed: int
+    cfg: Config
+    overrides: dict[str, Any] = field(default_factory=dict)
+    model: str = ""  # baselines: logmel-stats | mfcc-stats | random-init
+
+    @property
+    def key(self) -> str:
+        body = {"kind": self.kind, "model": self.model, "seed": self.seed, "config": self.cfg.to_dict()}
+        return _hash(body)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def train_key(cfg: Config, data: str) -> str:
+    """The pretraining run's identity: the resolved config less ``embed`` (inference only), and the data."""
+    d = cfg.to_dict()
+    d.pop("embed")
+    return _hash({"config": d, "data": data})
+
+
+# ------------------------------------------------------------------------------------ the grid
+
+
+def split_values(text: str) -> list[Any]:
+    """``"16,32,[a,b]"`` -> ``[16, 32, ["a", "b"]]``: commas inside brackets do not split; each value is YAML."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [yaml.safe_load(p) if p.strip() else "" for p in parts]
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["video.size=16,32", "augment.mix=none,mixup"]`` -> ``{"video.size": [16, 32], ...}``."""
+    grid = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid expects section.key=v1,v2,..., got {item!r}")
+        key, values = item.split("=", 1)
+        grid[key.strip()] = split_values(values)
+    return grid
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
+def _label(flat: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in flat.items()) or "base"
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """A recipe by name (``modality``, ``resolution``, ``batch-mixing``) or a YAML path.
+
+    Keys: ``description``, ``set`` (flat ``section.key: value`` overrides of the base), ``cells``
+    (a list of ``{name, set}``), ``grid`` (``section.key: [values]``). Unknown keys are an error.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+        raise ConfigError(f"no recipe {name_or_path!r}; recipes: {', '.join(names)}, or a path to a .yaml file")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    unknown = set(recipe) - {"description", "set", "cells", "grid"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown recipe keys {sorted(unknown)}; valid: description, set, cells, grid")
+    return recipe
+
+
+def expand(base: Config, recipe: dict[str, Any], grid: dict[str, list[Any]], seeds: int) -> list[tuple[str, dict]]:
+    """The variants as ``(name, flat overrides)``: recipe cells x (recipe grid + ``--grid``) products."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    named = [(c["name"], dict(c.get("set", {}))) for c in recipe.get("cells", [])] or [("", {})]
+    full_grid = {**recipe.get("grid", {}), **grid}
+    keys = list(full_grid)
+    variants = []
+    for name, over in named:
+        for values in itertools.product(*(full_grid[k] for k in keys)):
+            flat = {**over, **dict(zip(keys, values))}
+            grid_part = _label(dict(zip(keys, values))) if keys else ""
+            label = " | ".join(x for x in (name, grid_part) if x) or "base"
+            apply_overrides(base, _nested(flat))  # fail now, naming the key, not after hours of training
+            variants.append((label, flat))
+    return variants
+
+
+def plan(base: Config, variants: list[tuple[str, dict]], seeds: int) -> list[Cell]:
+    """The cells, seed by seed so that a partial sweep already covers every variant: ``logmel-stats`` and
+    ``mfcc-stats`` first, then for each seed a random-init of every distinct evaluated architecture
+    among the variants (:func:`_audio_arch`) and the training cells (variant x seed)."""
+    cells = [Cell(b, "baseline", 0, base, model=b) for b in BASELINES]
+    archs: dict[str, tuple[str, dict]] = {}
+    for name, flat in variants:
+        cfg = apply_overrides(base, _nested(flat))
+        rel = {k: v for k, v in flat.items() if k.split(".")[0] in ("audio", "embed", "data")
+               or (k.startswith("model.") and k not in ("model.views", "model.video_depth", "model.embed_dim"))}
+        archs.setdefault(_audio_arch(cfg), (f"random-init ({_label(rel)})" if rel else "random-init", flat))
+    for seed in range(seeds):
+        for label, flat in archs.values():
+            cfg = apply_overrides(base, _nested({**flat, "train.seed": seed}))
+            cells.append(Cell(label, "baseline", seed, cfg, flat, model="random-init"))
+        for name, flat in variants:
+            cfg = apply_overrides(base, _nested({**flat, "train.seed": seed}))
+            cells.append(Cell(name, "train", seed, cfg, flat))
+    return cells
+
+
+def _audio_arch(cfg: Config) -> str:
+    """Identity of the evaluated (spec) tower and how it embeds: what a random-init baseline depends on."""
+    d = cfg.to_dict()
+    model = {k: v for k, v in d["model"].items() if k not in ("views", "video_depth", "embed_dim")}
+    return _hash({"model": model, "audio": d["audio"], "embed": d["embed"], "window": d["data"]["crop_seconds"]})
+
+
+# ------------------------------------------------------------------------------------ running a cell
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pretrain(cell: Cell, data: str, out: Path, progress: bool) -> tuple[Path, dict[str, Any]]:
+    """Train (or resume, or reuse) the cell's run; returns its checkpoint and compute figures."""
+    from .checkpoint import load_checkpoint
+    from .flops import train_step_flops
+    from .train import CHECKPOINT, pretrain
+
+    run = out / "runs" / train_key(cell.cfg, data)
+    done = run / "done.json"
+    if done.is_file():
+        return run / CHECKPOINT, json.loads(done.read_text())
+    t0 = time.perf_counter()
+    ckpt = pretrain(cell.cfg, data, run, resume=(run / CHECKPOINT).exists(), progress=progress)
+    seconds = time.perf_counter() - t0
+    steps = int(load_checkpoint(ckpt)["step"])
+    if steps < cell.cfg.train.steps:
+        raise RuntimeError(f"pretraining stopped at step {steps} of {cell.cfg.train.steps}; rerun to resume")
+    gflops = train_step_flops(cell.cfg)["gflops_per_step"]
+    compute = {"steps": steps, "gflops_per_step": gflops, "tflops": gflops * steps / 1e3, "train_seconds": seconds}
+    if dist.is_main_process():
+        _write_json(done, compute)
+    return ckpt, compute
+
+
+def _model_spec(cell: Cell, ckpt: Path | None, out: Path) -> str:
+    if cell.kind == "train":
+        return str(ckpt)
+    if cell.model in BASELINES:
+        return cell.model
+    path = out / "cells" / cell.key / "architecture.yaml"
+    save_config(cell.cfg, path)
+    return f"random-init:{path}"
+
+
+def _evaluate(cell: Cell, spec: str, tasks: dict[str, Any], out: Path, probe_seeds: int,
+              audio_cache: Any = None) -> dict[str, Any]:
+    from .evaluate import embed_task, resolve_model, run_probes
+
+    ref = resolve_model(spec, seed=cell.seed, features=cell.cfg.embed.features, device="cpu")
+    results = {}
+    for name, task in tasks.items():
+        t0 = time.perf_counter()
+        x = embed_task(ref, task, out / "embeddings", progress=False, audio_cache=audio_cache)
+        summary, _ = run_probes(task, x, seeds=probe_seeds)
+        results[name] = {"metric": summary["metric"], "mean": summary["mean"], "std": summary["std"],
+                         "chance": summary["chance"], "embedding_dim": int(x.shape[1]),
+                         "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("%s (seed %d) on %s: %s %.2f%%", cell.name, cell.seed, name, summary["metric"], 100 * summary["mean"])
+    return results
+
+
+def run_cell(cell: Cell, data: str, tasks: dict[str, Any], out: Path, *, probe_seeds: int = 3,
+             progress: bool = True, audio_cache: Any = None) -> dict[str, Any]:
+    """Run one cell unless ``cells/<key>/cell.json`` already holds every task; never raises for a
+    failing cell: the error is recorded (status ``failed``) and returned."""
+    folder = out / "cells" / cell.key
+    record = _read_json(folder / "cell.json")
+    if record and record.get("status") == "done" and set(tasks) <= set(record.get("results", {})):
+        return record
+    record = {"name": cell.name, "kind": cell.kind, "model": cell.model, "seed": cell.seed, "key": cell.key,
+              "overrides": cell.overrides, "results": (record or {}).get("results", {})}
+    if dist.is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        save_config(cell.cfg, folder / "config.yaml")
+    try:
+        ckpt, compute = (None, {}) if cell.kind == "baseline" else _pretrain(cell, data, out, progress)
+        record.update(compute)
+        if cell.kind == "train":
+            record["run"] = str(Path("runs") / train_key(cell.cfg, data))
+        if dist.is_main_process():
+            todo = {n: t for n, t in tasks.items() if n not in record["results"]}
+            record["results"].update(_evaluate(cell, _model_spec(cell, ckpt, out), todo, out, probe_seeds,
+                                               audio_cache))
+        record.update(status="done", error=None)
+    except Exception as e:  # a failing cell is recorded; the others go on
+        log.error("cell %s (seed %d) failed: %s", cell.name, cell.seed, e)
+        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
+    if dist.is_main_process():
+        _write_json(folder / "cell.json", record)
+    dist.barrier()
+    return record
+
+
+# ------------------------------------------------------------------------------------ the sweep
+
+
+def sweep(cells: list[Cell], data: str, task_names: list[str], data_root: str | Path | None, out: str | Path, *,
+          only: int | None = None, probe_seeds: int = 3, progress: bool = True) -> list[dict[str, Any]]:
+    """Run ``cells`` (or only ``cells[only]``), then rebuild ``results.jsonl``, ``results.md`` and the
+    plots from every finished cell in ``out``. Returns the records of this sweep's cells."""
+    from .evaluate import AudioCache
+    from .tasks import load_task
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = {name: load_task(name, data_root) for name in task_names}
+    chosen = cells if only is None else [cells[only]]
+    audio_cache = AudioCache()  # every cell probes the same clips: decode them once
+    for i, cell in enumerate(chosen):
+        log.info("cell %d/%d: %s (seed %d, %s)", i + 1, len(chosen), cell.name, cell.seed, cell.key)
+        run_cell(cell, data, tasks, out, probe_seeds=probe_seeds, progress=progress, audio_cache=audio_cache)
+    records = [r for c in cells if (r := _read_json(out / "cells" / c.key / "cell.json"))]
+    if dist.is_main_process():
+        write_report(records, task_names, out)
+    return records
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", nargs="?", default=None,
+                        help="recipe name (modality | resolution | batch-mixing) or a recipe YAML file")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a grid axis (repeatable; values are YAML, commas inside [...] do not split)")
+    parser.add_argument("--data", required=True, help="training shards (a folder with manifest.json)")
+    parser.add_argument("--tasks", required=True, help="comma-separated evaluation tasks (see avssl eval --help)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder holding the task datasets (default: $AVSSL_SHARED_DATA or ../shared/data)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help=f"base preset or YAML (default {DEFAULT_CONFIG}: 2 CPU cores; paper for the paper's scale)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="base override, repeatable")
+    parser.add_argument("--seeds", type=int, default=2, help="pretraining seeds per variant (default 2)")
+    parser.add_argument("--probe-seeds", type=int, default=3, help="probe seeds per fold (default 3)")
+    parser.add_argument("--out", type=Path, required=True, help="sweep folder (a rerun reuses finished cells)")
+    parser.add_argument("--cell", type=int, default=None, help="run only cell K of --list (cluster job arrays)")
+    parser.add_argument("--list", action="store_true", help="print the cells with their indices and exit")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from .tasks import default_data_root
+
+    recipe = load_recipe(args.recipe) if args.recipe else {}
+    if not recipe and not args.grid:
+        log.error("give a recipe (modality, resolution, batch-mixing, or a YAML file) or at least one --grid")
+        return 2
+    base = apply_overrides(load_config(args.config), _nested(recipe.get("set", {})))
+    base = apply_overrides(base, parse_set(list(args.set)))  # the user's --set wins over the recipe's
+    cells = plan(base, expand(base, recipe, parse_grid(args.grid), args.seeds), args.seeds)
+    if args.list:
+        for i, c in enumerate(cells):
+            print(f"{i}\t{c.kind}\t{c.name}\tseed {c.seed}\t{c.key}")
+        return 0
+    if args.cell is not None and not 0 <= args.cell < len(cells):
+        log.error("--cell %d: the sweep has cells 0..%d (see --list)", args.cell, len(cells) - 1)
+        return 2
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+    records = sweep(cells, data, tasks, args.data_root or default_data_root(), args.out, only=args.cell,
+                    probe_seeds=args.probe_seeds, progress=not args.no_progress)
+    failed = [r for r in records if r.get("status") == "failed"]
+    for r in failed:
+        log.error("failed: %s (seed %s): %s", r["name"], r["seed"], r["error"])
+    log.info("%d cells done, %d failed; table: %s", sum(r.get("status") == "done" for r in records), len(failed),
+             args.out / "results.md")
+    return 1 if failed else 0
