@@ -1,7 +1,7 @@
 """Ingest benchmarks: frame storage formats, and ingest speed against two named baselines.
 
     python benchmarks/ingest.py formats [--data DIR]          # bytes per clip-second, decode speed
-    python benchmarks/ingest.py speed [--data DIR] [--generated N] [--workers W]
+    python benchmarks/ingest.py speed [--data DIR] [--generated N] [--workers W] [--repeats R]
     python benchmarks/ingest.py memory [--minutes 1 10 60] [--videos DIR]  # peak RSS per video length
 
 ``speed`` compares, on the same cores and the same inputs:
@@ -159,36 +159,58 @@ def _media_seconds(paths: list[Path]) -> float:
     return total
 
 
-def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: float) -> list[str]:
+def _time_floor(paths: list[Path], workers: int, tmp: str, size: int, fps: float) -> float:
+    t0 = time.perf_counter()
+    with get_context("fork").Pool(workers) as pool:
+        list(pool.imap(_floor_one, [str(p) for p in paths]))
+    return time.perf_counter() - t0
+
+
+def _time_ours(paths: list[Path], workers: int, tmp: str, size: int, fps: float) -> float:
     cfg = load_config(None, [f"video.size={size}", f"video.fps={fps}", "ingest.clip_seconds=10"])
+    out = Path(tmp) / "ours"
+    t0 = time.perf_counter()
+    ingest(paths, out, cfg, workers=workers, progress=False)
+    wall = time.perf_counter() - t0
+    shutil.rmtree(out)
+    return wall
+
+
+def _time_cli(paths: list[Path], workers: int, tmp: str, size: int, fps: float) -> float:
+    t0 = time.perf_counter()
+    with get_context("fork").Pool(workers) as pool:
+        packed = [r for r in pool.imap(_cli_one, [(str(p), tmp, size, fps) for p in paths]) if r]
+    with open(Path(tmp) / "cli.tar", "wb") as f:
+        for _, data in packed:
+            f.write(data)
+    return time.perf_counter() - t0
+
+
+def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: float, repeats: int) -> list[str]:
+    """``repeats`` rounds of the three pipelines (order rotated each round, files read once before the
+    first, so no pipeline pays for a cold page cache); median wall time of each."""
     seconds = _media_seconds(paths)
-    rows = []
+    for p in paths:
+        p.read_bytes()
+    pipelines = {"avssl ingest": _time_ours, "(a) ffmpeg CLI x2 + packing": _time_cli, "(b) PyAV decode only (floor)": _time_floor}
+    if not shutil.which("ffmpeg"):
+        del pipelines["(a) ffmpeg CLI x2 + packing"]
+    walls: dict[str, list[float]] = {label: [] for label in pipelines}
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        with get_context("fork").Pool(workers) as pool:
-            list(pool.imap(_floor_one, [str(p) for p in paths]))
-        floor = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        m = ingest(paths, Path(tmp) / "ours", cfg, workers=workers, progress=False)
-        ours = time.perf_counter() - t0
-
-        cli = None
-        if shutil.which("ffmpeg"):
-            t0 = time.perf_counter()
-            with get_context("fork").Pool(workers) as pool:
-                packed = [r for r in pool.imap(_cli_one, [(str(p), tmp, size, fps) for p in paths]) if r]
-            with open(Path(tmp) / "cli.tar", "wb") as f:
-                for _, data in packed:
-                    f.write(data)
-            cli = time.perf_counter() - t0
-    n = len(paths)
-    for label, wall in (("avssl ingest", ours), ("(a) ffmpeg CLI x2 + packing", cli), ("(b) PyAV decode only (floor)", floor)):
-        if wall is None:
-            rows.append(f"| {name} | {label} | not run (no ffmpeg on PATH) | | |")
+        for r in range(repeats):
+            labels = list(pipelines)[r % len(pipelines):] + list(pipelines)[: r % len(pipelines)]
+            for label in labels:
+                walls[label].append(pipelines[label](paths, workers, tmp, size, fps))
+    ours = float(np.median(walls["avssl ingest"]))
+    rows, n = [], len(paths)
+    for label in ("avssl ingest", "(a) ffmpeg CLI x2 + packing", "(b) PyAV decode only (floor)"):
+        if label not in walls:
+            rows.append(f"| {name} | {label} | not run (no ffmpeg on PATH) | | | |")
             continue
-        rows.append(f"| {name} | {label} | {n / wall:.2f} | {seconds / wall:.1f}x | {wall / ours:.2f} |")
-    print(f"{name}: ingested {m['total_samples']} clips from {n} files ({seconds:.0f} s of media)", file=sys.stderr)
+        wall = float(np.median(walls[label]))
+        per_round = ", ".join(f"{w / o:.2f}" for w, o in zip(walls[label], walls["avssl ingest"]))
+        rows.append(f"| {name} | {label} | {n / wall:.2f} | {seconds / wall:.1f}x | {wall / ours:.2f} | {per_round} |")
+    print(f"{name}: {n} files ({seconds:.0f} s of media), {repeats} rounds", file=sys.stderr)
     return rows
 
 
@@ -200,9 +222,9 @@ def _generate_long(path: Path, minutes: float) -> Path:
     if not path.exists():
         n = int(round(minutes * 60 * 10))
         yy, xx = np.mgrid[0:64, 0:96]
-        t = np.arange(n)[:, None, None]
-        frames = np.stack([(xx + 7 * t) % 256, np.broadcast_to((yy + 3 * t) % 256, (n, 64, 96)),
-                           np.broadcast_to((11 * t) % 256, (n, 64, 96))], -1).astype(np.uint8)
+        frames = np.empty((n, 64, 96, 3), np.uint8)
+        for t in range(n):
+            frames[t, ..., 0], frames[t, ..., 1], frames[t, ..., 2] = (xx + 7 * t) % 256, (yy + 3 * t) % 256, (11 * t) % 256
         audio = (0.2 * np.random.default_rng(0).standard_normal(int(minutes * 60 * 44100))).astype(np.float32)
         encode_video(path.with_suffix(".part.mp4"), frames, 10, audio, 44100)
         path.with_suffix(".part.mp4").rename(path)
@@ -243,6 +265,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data root (has videos/)")
     parser.add_argument("--generated", type=int, default=16, help="number of generated 10 s 360p videos")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=3, help="speed: rounds per pipeline (the median is reported)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60], help="memory: video lengths")
@@ -257,15 +280,15 @@ def main() -> None:
         return
     print(f"{machine()}; workers={args.workers}; {args.size}x{args.size} at {args.fps} fps; "
           f"ffmpeg: {subprocess.run(['ffmpeg', '-version'], capture_output=True, text=True).stdout.split(chr(10))[0] if shutil.which('ffmpeg') else 'absent'}\n")
-    print("| inputs | pipeline | clips (files) per second | real-time factor | time relative to avssl ingest |")
-    print("|---|---|---:|---:|---:|")
+    print("| inputs | pipeline | files per second | real-time factor | time relative to avssl ingest (median) | per round |")
+    print("|---|---|---:|---:|---:|---|")
     rows = []
     real = _videos(args.data) if (args.data / "videos").is_dir() else []
     if real:
-        rows += bench_speed(f"{len(real)} real clips", real, args.workers, args.size, args.fps)
+        rows += bench_speed(f"{len(real)} real clips", real, args.workers, args.size, args.fps, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         gen = _generate(Path(tmp) / "gen", args.generated)
-        rows += bench_speed(f"{len(gen)} generated 10 s 640x360 30 fps", gen, args.workers, args.size, args.fps)
+        rows += bench_speed(f"{len(gen)} generated 10 s 640x360 30 fps", gen, args.workers, args.size, args.fps, args.repeats)
     print("\n".join(rows))
 
 

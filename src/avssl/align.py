@@ -42,8 +42,12 @@ class FrameSampler:
     are final once emitted; :meth:`take` hands them out in order.
     """
 
-    def __init__(self, t0: float, fps: float, size: int, sar: Fraction | None):
+    def __init__(self, t0: float, fps: float, size: int, sar: Fraction | None, time_base: Fraction):
+        from av.video.reformatter import VideoReformatter
+
         self.t0, self.fps, self.size, self.sar = t0, fps, size, sar
+        self.time_base = time_base  # the stream's, which decoded frames carry (``frame.time_base`` costs ~0.1 ms)
+        self.reformatter = VideoReformatter()  # keeps its scaler between frames (``frame.reformat`` builds one per call)
         self.limit: int | None = None  # number of output frames, once known
         self.emitted = 0  # output frames produced so far
         self.pending: list[np.ndarray] = []  # produced, not yet taken
@@ -52,7 +56,7 @@ class FrameSampler:
 
     def _convert(self, frame) -> np.ndarray:
         w, h = _scaled_size(frame.width, frame.height, self.sar, self.size)
-        img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        img = self.reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
         y0, x0 = (h - self.size) // 2, (w - self.size) // 2
         img = img[y0 : y0 + self.size, x0 : x0 + self.size]
         # Display matrix: the picture is shown rotated counter-clockwise by ``rotation`` degrees.
@@ -73,7 +77,7 @@ class FrameSampler:
     def push(self, frame) -> None:
         self._emit_until(frame.time)
         self.prev = (frame.time, frame)
-        dur = float(frame.duration * frame.time_base) if frame.duration else 0.0
+        dur = float(frame.duration * self.time_base) if frame.duration else 0.0
         self.last_end = max(self.last_end, frame.time + dur)
 
     @property

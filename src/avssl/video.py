@@ -143,7 +143,7 @@ class ClipReader:
             if vstream is not None:
                 vstream.codec_context.thread_count = self.threads
                 vstream.codec_context.thread_type = "AUTO" if self.threads != 1 else "SLICE"
-                sampler = FrameSampler(seg_begin, self.fps, self.size, vstream.sample_aspect_ratio)
+                sampler = FrameSampler(seg_begin, self.fps, self.size, vstream.sample_aspect_ratio, vstream.time_base)
                 if self.requested is not None:
                     sampler.limit = frame_count(self.requested, self.fps)
             asm = ClipAssembler(seg_begin, seg_end, rate, self.sample_rate, self.fps, self.size, sampler,
