@@ -333,13 +333,16 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     from .tasks import default_data_root
 
-    recipe = load_recipe(args.recipe) if args.recipe else {}
-    if not recipe and not args.grid:
-        log.error("give a recipe (modality, resolution, batch-mixing, or a YAML file) or at least one --grid")
+    try:
+        recipe = load_recipe(args.recipe) if args.recipe else {}
+        if not recipe and not args.grid:
+            raise ConfigError("give a recipe (modality, resolution, batch-mixing, or a YAML file) or a --grid")
+        base = apply_overrides(load_config(args.config), _nested(recipe.get("set", {})))
+        base = apply_overrides(base, parse_set(list(args.set)))  # the user's --set wins over the recipe's
+        cells = plan(base, expand(base, recipe, parse_grid(args.grid), args.seeds), args.seeds)
+    except ConfigError as e:  # bad recipe, grid key or value: nothing has run yet
+        log.error("avssl sweep: %s", e)
         return 2
-    base = apply_overrides(load_config(args.config), _nested(recipe.get("set", {})))
-    base = apply_overrides(base, parse_set(list(args.set)))  # the user's --set wins over the recipe's
-    cells = plan(base, expand(base, recipe, parse_grid(args.grid), args.seeds), args.seeds)
     if args.list:
         for i, c in enumerate(cells):
             print(f"{i}\t{c.kind}\t{c.name}\tseed {c.seed}\t{c.key}")

@@ -1,0 +1,117 @@
+"""``avssl sweep``: a 2-cell grid of a few steps writes every output; a rerun retrains nothing; a grown
+grid reuses finished cells; a failing cell is recorded while the others finish; ``--cell K``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from test_data import FPS, SIZE, SR, planted_clip, write_shards
+
+from avssl.cli import main
+from avssl.sweep import parse_grid, split_values
+
+BASE = ["--config", "tiny", "--seeds", "1", "--probe-seeds", "1", "--no-progress",
+        "--set", f"audio.sample_rate={SR}", "--set", f"video.fps={FPS}", "--set", f"video.size={SIZE}",
+        "--set", "data.crop_seconds=1.0", "--set", "data.batch_size=4", "--set", "data.num_workers=0",
+        "--set", "train.steps=2", "--set", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, Path]:
+    """Shards of planted clips, and a ``csv:`` task of two tone classes (6 train / 4 test files)."""
+    root = tmp_path_factory.mktemp("sweep-world")
+    shards = write_shards(root / "shards", [planted_clip(i) for i in range(16)], per_shard=8)
+    rows = []
+    for i in range(10):
+        c = i % 2
+        t = np.arange(SR) / SR
+        noise = np.random.default_rng(i).standard_normal(SR)
+        sf.write(root / f"{i}.wav", (0.3 * np.sin(2 * np.pi * (300 + 600 * c) * t) + 0.05 * noise).astype(np.float32), SR)
+        rows.append(f"{i}.wav,{'ab'[c]},{'test' if i < 4 else 'train'}\n")
+    (root / "task.csv").write_text("path,label,split\n" + "".join(rows))
+    return shards, root / "task.csv"
+
+
+def _sweep(world, out: Path, *args: str) -> int:
+    shards, task = world
+    return main(["sweep", *args, "--data", str(shards), "--tasks", f"csv:{task}", "--out", str(out), *BASE])
+
+
+def _cells(out: Path) -> dict[str, dict]:
+    return {json.loads(p.read_text())["name"]: json.loads(p.read_text()) for p in out.glob("cells/*/cell.json")}
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in [*out.glob("runs/*/checkpoint.pt"), *out.glob("cells/*/cell.json")]}
+
+
+def test_grid_writes_every_output_and_reruns_nothing(world, tmp_path):
+    out = tmp_path / "sweep"
+    assert _sweep(world, out, "--grid", "augment.mix=none,mixup") == 0
+    cells = _cells(out)
+    assert set(cells) == {"augment.mix=none", "augment.mix=mixup", "logmel-stats", "mfcc-stats", "random-init"}
+    assert all(c["status"] == "done" for c in cells.values())
+    for name in ("augment.mix=none", "augment.mix=mixup"):
+        assert cells[name]["steps"] == 2 and cells[name]["gflops_per_step"] > 0
+        assert cells[name]["tflops"] == pytest.approx(2 * cells[name]["gflops_per_step"] / 1e3)
+    assert len(list(out.glob("runs/*/checkpoint.pt"))) == 2  # two configs, two runs
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and {r["task"] for r in rows} == {f"csv:{world[1]}"}
+    table = (out / "results.md").read_text()
+    for name in cells:
+        assert f"| {name} | 1 |" in table
+    for plot in ("quality_vs_compute.png", "quality_vs_steps.png", "tasks.png"):
+        assert (out / "plots" / plot).stat().st_size > 0
+    # the baseline cell gives what `avssl eval` gives for the same model, task and probe seed
+    assert main(["eval", "logmel-stats", "--no-baselines", "--task", f"csv:{world[1]}", "--seeds", "1",
+                 "--out", str(tmp_path / "eval"), "--no-plots"]) == 0
+    ref = json.loads((tmp_path / "eval" / "results.jsonl").read_text().splitlines()[0])
+    assert cells["logmel-stats"]["results"][f"csv:{world[1]}"]["mean"] == pytest.approx(ref["mean"])
+
+    before, table_before = _mtimes(out), table
+    assert _sweep(world, out, "--grid", "augment.mix=none,mixup") == 0
+    assert _mtimes(out) == before  # nothing retrained, re-embedded or rewritten
+    assert (out / "results.md").read_text() == table_before
+    assert _sweep(world, out, "--grid", "augment.mix=none,mixup,mixback") == 0  # a grown grid
+    after = _mtimes(out)
+    assert {k: after[k] for k in before} == before and len(list(out.glob("runs/*/checkpoint.pt"))) == 3
+    assert "augment.mix=mixback" in _cells(out)
+
+
+def test_failing_cell_is_recorded_and_the_others_finish(world, tmp_path):
+    out = tmp_path / "sweep"
+    rc = _sweep(world, out, "--grid", "model.views=[spec],[spec,wave]", "--set", "loss.pairs=[spec-wave]")
+    assert rc == 1
+    cells = _cells(out)
+    bad, good = cells["model.views=['spec']"], cells["model.views=['spec', 'wave']"]
+    assert bad["status"] == "failed" and "wave" in bad["error"] and "Traceback" in bad["traceback"]
+    assert good["status"] == "done" and good["steps"] == 2
+    assert "Failed cells" in (out / "results.md").read_text()
+
+
+def test_one_cell_by_index(world, tmp_path):
+    out = tmp_path / "sweep"
+    assert _sweep(world, out, "--grid", "augment.mix=none,mixup", "--cell", "4") == 0
+    cells = _cells(out)
+    assert list(cells) == ["augment.mix=mixup"] and cells["augment.mix=mixup"]["status"] == "done"
+    assert _sweep(world, out, "--grid", "augment.mix=none,mixup", "--cell", "9") == 2  # out of range
+
+
+def test_grid_values():
+    assert split_values("16,32,[a,b],{x: 1}") == [16, 32, ["a", "b"], {"x": 1}]
+    assert parse_grid(["model.views=[spec],[spec,wave]", "augment.mix=none"]) == {
+        "model.views": [["spec"], ["spec", "wave"]], "augment.mix": ["none"]}
+    with pytest.raises(ValueError, match="--grid"):
+        parse_grid(["video.size"])
+
+
+def test_bad_grid_or_recipe_fails_before_any_work(world, tmp_path, caplog):
+    assert _sweep(world, tmp_path / "a", "--grid", "augment.nope=1,2") == 2
+    assert "unknown config key 'augment.nope'" in caplog.text
+    assert _sweep(world, tmp_path / "b", "no-such-recipe") == 2
+    assert "recipes: batch-mixing, modality, resolution" in caplog.text
+    assert not list(tmp_path.glob("*/cells"))
