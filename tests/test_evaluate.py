@@ -216,8 +216,6 @@ def test_model_specs(tmp_path):
 
 
 def test_random_init_is_seeded_and_probeable(tmp_path):
-    pytest.importorskip("avssl.models")
-    pytest.importorskip("avssl.embed")
     torch.set_num_threads(1)  # tiny convolutions: extra threads only spin on a busy 2-core machine
     a, b = resolve_model("random-init:tiny"), resolve_model("random-init:tiny")
     assert a.cache_id == b.cache_id and a.cache_id != resolve_model("random-init:tiny", seed=1).cache_id
@@ -229,8 +227,6 @@ def test_random_init_is_seeded_and_probeable(tmp_path):
 
 
 def test_checkpoint_beside_its_baselines(tmp_path):
-    pytest.importorskip("avssl.models")
-    pytest.importorskip("avssl.embed")
     from avssl.checkpoint import save_checkpoint
     from avssl.config import load_config
     from avssl.models import build_model
@@ -327,3 +323,18 @@ def test_multilabel_audioset_layout_end_to_end(tmp_path):
     assert rec["mean"] > 0.9 and rec["chance"] < 0.8 and rec["metrics"]["d_prime"]["mean"] > 2
     assert (tmp_path / "out" / "plots" / "projection-audioset.png").is_file()
     assert not (tmp_path / "out" / "plots" / "confusion-audioset.png").exists()
+
+
+def test_random_init_of_a_yaml_config_and_feature_choice(tmp_path):
+    """A YAML config is an architecture, not a checkpoint; ``features`` changes the embeddings and the cache id."""
+    from avssl.config import load_config, save_config
+
+    torch.set_num_threads(1)
+    path = save_config(load_config("tiny"), tmp_path / "arch.yaml")
+    pooled = resolve_model(f"random-init:{path}")
+    layers = resolve_model(f"random-init:{path}", features="layers")
+    assert pooled.cache_id == resolve_model("random-init:tiny").cache_id  # same architecture, same init
+    assert layers.cache_id == pooled.cache_id + "-layers"
+    clip = np.random.default_rng(0).normal(size=SR).astype(np.float32) * 0.1
+    assert pooled.encoder.embed([clip], SR).shape[1] == pooled.encoder.embedding_dim == 64
+    assert layers.encoder.embed([clip], SR).shape[1] == layers.encoder.embedding_dim > 64

@@ -45,13 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
-    try:
-        parser = _build_parser(command)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("avssl."):
-            print(f"avssl {command}: not yet built ({e.name} is missing)", file=sys.stderr)
-            return 2
-        raise
+    parser = _build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
