@@ -327,6 +327,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="sweep folder (a rerun reuses finished cells)")
     parser.add_argument("--cell", type=int, default=None, help="run only cell K of --list (cluster job arrays)")
     parser.add_argument("--list", action="store_true", help="print the cells with their indices and exit")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (torch.set_num_threads); 1 is fastest on a busy machine")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -350,6 +352,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.cell is not None and not 0 <= args.cell < len(cells):
         log.error("--cell %d: the sweep has cells 0..%d (see --list)", args.cell, len(cells) - 1)
         return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
     records = sweep(cells, data, tasks, args.data_root or default_data_root(), args.out, only=args.cell,
