@@ -338,3 +338,22 @@ def test_random_init_of_a_yaml_config_and_feature_choice(tmp_path):
     clip = np.random.default_rng(0).normal(size=SR).astype(np.float32) * 0.1
     assert pooled.encoder.embed([clip], SR).shape[1] == pooled.encoder.embedding_dim == 64
     assert layers.encoder.embed([clip], SR).shape[1] == layers.encoder.embedding_dim > 64
+
+
+def test_model_from_checkpoint_and_random_model(tmp_path):
+    """A checkpoint rebuilds its model (all views or some) with its weights; random init is seeded."""
+    from avssl.checkpoint import model_from_checkpoint, random_model, save_checkpoint
+    from avssl.config import load_config
+
+    cfg = load_config("tiny")
+    trained = random_model(cfg, seed=3)
+    save_checkpoint({"config": cfg.to_dict(), "model": trained.state_dict()}, tmp_path / "c.pt")
+    model, cfg2 = model_from_checkpoint(tmp_path / "c.pt")
+    assert cfg2 == cfg and not model.training
+    for k, v in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+    spec_only, _ = model_from_checkpoint(tmp_path / "c.pt", views=["spec"])
+    assert spec_only.views == ["spec"]
+    torch.testing.assert_close(spec_only.towers["spec"].blocks[0].conv1.weight, trained.towers["spec"].blocks[0].conv1.weight)
+    assert not torch.equal(random_model(cfg, 0).towers["spec"].blocks[0].conv1.weight,
+                           trained.towers["spec"].blocks[0].conv1.weight)

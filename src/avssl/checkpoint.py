@@ -69,3 +69,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"({FORMAT_VERSION}); upgrade avssl"
         )
     return state
+
+
+def config_of(path: str | Path):
+    """The resolved :class:`avssl.config.Config` stored in a checkpoint."""
+    from .config import Config
+
+    return Config.from_dict(load_checkpoint(path)["config"])
+
+
+def random_model(cfg, seed: int = 0, views: list[str] | None = None):
+    """The :class:`avssl.models.AVModel` of ``cfg`` (only ``views`` towers if given), untrained, initialised
+    from ``seed`` without touching the global RNG; eval mode."""
+    from dataclasses import replace
+
+    from .models import build_model
+
+    if views is not None:
+        cfg = replace(cfg, model=replace(cfg.model, views=list(views)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg).eval()
+
+
+def model_from_checkpoint(path: str | Path, views: list[str] | None = None):
+    """``(model, cfg)``: a checkpoint's :class:`avssl.models.AVModel` (only ``views`` towers and their heads
+    if given) with its trained weights, eval mode, on the CPU. Needs no other input than the file."""
+    from .config import Config
+
+    state = load_checkpoint(path)
+    cfg = Config.from_dict(state["config"])
+    model = random_model(cfg, 0, views)
+    keep = tuple(f"{part}.{v}." for v in model.views for part in ("towers", "heads"))
+    model.load_state_dict({k: v for k, v in state["model"].items() if k.startswith(keep)})
+    return model, cfg

@@ -120,25 +120,6 @@ def retrieval(model: torch.nn.Module, cfg: Config, clips: list, *, labels: list[
     return out
 
 
-def _load_model(checkpoint: str | Path) -> tuple[torch.nn.Module, Config]:
-    from .checkpoint import load_checkpoint
-    from .models import build_model
-
-    state = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(state["config"])
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
-
-
-def _random_model(cfg: Config, seed: int) -> torch.nn.Module:
-    from .models import build_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(cfg).eval()
-
-
 # ------------------------------------------------------------------------------------ plots
 
 
@@ -353,10 +334,12 @@ def run_demo_pipeline(
     t0 = time.perf_counter()
     clips = read_clips(test_shards)
     labels = _world_labels(world_dir, clips) if world_dir is not None else None
-    model, cfg_run = _load_model(runs["audio-visual"]["checkpoint"])
+    from .checkpoint import model_from_checkpoint, random_model
+
+    model, cfg_run = model_from_checkpoint(runs["audio-visual"]["checkpoint"])
     retrieval_rows = {
         "audio-visual": retrieval(model, cfg_run, clips, labels=labels, seed=seed),
-        "random-init": retrieval(_random_model(cfg_run, 0), cfg_run, clips, labels=labels, seed=seed),
+        "random-init": retrieval(random_model(cfg_run, 0), cfg_run, clips, labels=labels, seed=seed),
     }
     timings["retrieval"] = time.perf_counter() - t0
 

@@ -23,7 +23,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -330,21 +330,18 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
     :class:`avssl.embed.Embedder` of a model; baselines ignore it."""
     if spec in BASELINES:
         return ModelRef(spec, f"{spec}-{_config_hash(AudioConfig())}", StatsBaseline(spec))
-    from .config import Config, config_json, load_config
+    from .config import config_json, load_config
 
     if spec.startswith("random-init:"):
-        from .checkpoint import load_checkpoint
+        from .checkpoint import config_of, random_model
         from .embed import Embedder
-        from .models import build_model
 
         target = spec.split(":", 1)[1]
         is_ckpt = Path(target).is_file() and Path(target).suffix.lower() not in (".yaml", ".yml")
-        cfg = Config.from_dict(load_checkpoint(target)["config"]) if is_ckpt else load_config(target)
+        cfg = config_of(target) if is_ckpt else load_config(target)
         if view not in cfg.model.views:
             raise ValueError(f"{spec}: the architecture has views {cfg.model.views}, not {view!r}; use --view")
-        with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the global RNG alone
-            torch.manual_seed(seed)
-            model = build_model(replace(cfg, model=replace(cfg.model, views=[view])))
+        model = random_model(cfg, seed, views=[view])
         cfg_id = hashlib.sha1(config_json(cfg).encode()).hexdigest()[:12]
         encoder = Embedder.from_model(model, cfg, view=view, features=features).to(torch.device(device or "cpu"))
         return ModelRef(spec, slug(f"random-init-{cfg_id}-s{seed}-{view}{_features_tag(encoder)}"), encoder)
