@@ -202,3 +202,29 @@ def test_layer_features_are_block_statistics():
     torch.testing.assert_close(last_mean, feats.mean(1), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="features"):
         Embedder(tower, cfg, features="nope")
+
+
+def test_spec_tower_input_norm_gradients_match_finite_differences():
+    """The spectrogram tower's per-mel-bin BatchNorm gets the right weight and bias gradients (float64
+    finite differences). torch's BatchNorm2d on a [B, M, T, 1] input followed by a permute does not."""
+    torch.manual_seed(0)
+    tower = create_model("cnn14-tiny").double().train()
+    wave = torch.randn(3, 8000, dtype=torch.float64)
+    mel = tower.logmel(wave).detach()
+    target = torch.randn(3, 1, mel.shape[2], mel.shape[1], dtype=torch.float64)
+    bn = tower.bn0
+    weight, bias = bn.weight.detach().clone() + 0.3, bn.bias.detach().clone() + 0.1
+
+    def loss(w, b):
+        bn.weight, bn.bias = torch.nn.Parameter(w), torch.nn.Parameter(b)
+        return (tower._normalise(mel) * target).sum()
+
+    def as_fn(w, b):
+        x = torch.nn.functional.batch_norm(mel, None, None, w, b, True).transpose(1, 2).unsqueeze(1)
+        return (x * target).sum()
+
+    assert torch.autograd.gradcheck(as_fn, (weight.requires_grad_(), bias.requires_grad_()))
+    gw, gb = torch.autograd.grad(loss(weight, bias), [bn.weight, bn.bias])
+    ref_w, ref_b = torch.autograd.grad(as_fn(weight, bias), [weight, bias])
+    torch.testing.assert_close(gw, ref_w)
+    torch.testing.assert_close(gb, ref_b)

@@ -110,7 +110,10 @@ class SpecTower(nn.Module):
         if block not in blocks:
             raise ValueError(f"unknown spectrogram block {block!r}; use one of {sorted(blocks)}")
         self.logmel = LogMel(audio)
-        self.bn0 = nn.BatchNorm2d(audio.n_mels)  # per-mel-bin normalisation, as in CNN14
+        # per-mel-bin normalisation, as in CNN14; applied to [B, M, T] as a 1-d BatchNorm (same state-dict
+        # names as CNN14's BatchNorm2d): torch 2.13's BatchNorm2d backward gives wrong weight/bias gradients
+        # for a [B, M, T, 1] input whose output is then permuted (tests/test_models.py checks this)
+        self.bn0 = nn.BatchNorm1d(audio.n_mels)
         self.mask = SpecMask(seed) if spec_mask else nn.Identity()
         widths = [scale_width(c, width) for c in channels]
         stem = [nn.Conv2d(1, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
@@ -124,11 +127,15 @@ class SpecTower(nn.Module):
         self.feature_dim: int = widths[-1]
         self.frame_hop_seconds: float = audio.hop_length * math.prod(pools) / audio.sample_rate
 
+    def _normalise(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel ``[B, M, T]`` -> per-bin normalised ``[B, 1, T, M]``, the CNN's input layout."""
+        return self.bn0(mel).transpose(1, 2).unsqueeze(1)
+
     def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
         """``float32[B, N]`` waveform -> ``[B, T', feature_dim]``."""
         with torch.autocast(device_type=wave.device.type, enabled=False):
             mel = self.logmel(wave.float())  # [B, M, T]; the front-end always runs in float32
-        x = self.bn0(mel[..., None]).permute(0, 3, 2, 1)  # [B, 1, T, M]
+        x = self._normalise(mel)
         x = self.blocks(self.stem(self.mask(x)))
         return x.mean(dim=3).transpose(1, 2)
 
@@ -141,7 +148,7 @@ class SpecTower(nn.Module):
         mel positions flattened per time step, so each block keeps its frequency resolution)."""
         with torch.autocast(device_type=wave.device.type, enabled=False):
             mel = self.logmel(wave.float())
-        x = self.stem(self.mask(self.bn0(mel[..., None]).permute(0, 3, 2, 1)))
+        x = self.stem(self.mask(self._normalise(mel)))
         out = []
         for block in self.blocks:
             x = block(x)
