@@ -186,9 +186,16 @@ def _time_cli(paths: list[Path], workers: int, tmp: str, size: int, fps: float) 
     return time.perf_counter() - t0
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (pool workers, ffmpeg)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: float, repeats: int) -> list[str]:
     """``repeats`` rounds of the three pipelines (order rotated each round, files read once before the
-    first, so no pipeline pays for a cold page cache); median wall time of each."""
+    first, so no pipeline pays for a cold page cache); median wall time and CPU time of each. CPU time
+    (all processes) is the steadier figure on a machine shared with other jobs."""
     seconds = _media_seconds(paths)
     for p in paths:
         p.read_bytes()
@@ -196,20 +203,25 @@ def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: floa
     if not shutil.which("ffmpeg"):
         del pipelines["(a) ffmpeg CLI x2 + packing"]
     walls: dict[str, list[float]] = {label: [] for label in pipelines}
+    cpus: dict[str, list[float]] = {label: [] for label in pipelines}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             labels = list(pipelines)[r % len(pipelines):] + list(pipelines)[: r % len(pipelines)]
             for label in labels:
+                cpu0 = _cpu_seconds()
                 walls[label].append(pipelines[label](paths, workers, tmp, size, fps))
-    ours = float(np.median(walls["avssl ingest"]))
+                cpus[label].append(_cpu_seconds() - cpu0)
+    ours, ours_cpu = float(np.median(walls["avssl ingest"])), float(np.median(cpus["avssl ingest"]))
     rows, n = [], len(paths)
     for label in ("avssl ingest", "(a) ffmpeg CLI x2 + packing", "(b) PyAV decode only (floor)"):
         if label not in walls:
-            rows.append(f"| {name} | {label} | not run (no ffmpeg on PATH) | | | |")
+            rows.append(f"| {name} | {label} | not run (no ffmpeg on PATH) | | | | |")
             continue
         wall = float(np.median(walls[label]))
         per_round = ", ".join(f"{w / o:.2f}" for w, o in zip(walls[label], walls["avssl ingest"]))
-        rows.append(f"| {name} | {label} | {n / wall:.2f} | {seconds / wall:.1f}x | {wall / ours:.2f} | {per_round} |")
+        cpu = float(np.median(cpus[label]))
+        rows.append(f"| {name} | {label} | {n / wall:.2f} | {seconds / wall:.1f}x | {wall / ours:.2f} | {per_round} "
+                    f"| {cpu:.1f} s ({cpu / ours_cpu:.2f}) |")
     print(f"{name}: {n} files ({seconds:.0f} s of media), {repeats} rounds", file=sys.stderr)
     return rows
 
@@ -280,8 +292,9 @@ def main() -> None:
         return
     print(f"{machine()}; workers={args.workers}; {args.size}x{args.size} at {args.fps} fps; "
           f"ffmpeg: {subprocess.run(['ffmpeg', '-version'], capture_output=True, text=True).stdout.split(chr(10))[0] if shutil.which('ffmpeg') else 'absent'}\n")
-    print("| inputs | pipeline | files per second | real-time factor | time relative to avssl ingest (median) | per round |")
-    print("|---|---|---:|---:|---:|---|")
+    print("| inputs | pipeline | files per second | real-time factor | wall time relative to avssl ingest (median) "
+          "| per round | CPU time, all processes (relative) |")
+    print("|---|---|---:|---:|---:|---|---:|")
     rows = []
     real = _videos(args.data) if (args.data / "videos").is_dir() else []
     if real:

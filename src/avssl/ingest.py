@@ -6,11 +6,13 @@ segment CSVs (``.csv``; see :func:`read_segments`). Every input becomes one or m
 file, or a segment of one); the item list is sorted, so it is the same on every machine, and
 ``num_nodes``/``node_rank`` take every ``num_nodes``-th item starting at ``node_rank``.
 
-Items are decoded in parallel (ordered ``imap``: the output does not depend on the worker count),
-cut into consecutive clips of ``ingest.clip_seconds`` (a trailing piece shorter than
-``ingest.min_seconds`` is dropped and counted) and written in input order to ``NNNNNN.tar``
-shards of ``ingest.samples_per_shard`` samples (shard ``k`` of node ``r`` is number
-``k * num_nodes + r``). A shard is written as ``NNNNNN.tar.tmp`` and renamed when complete; then
+Items are decoded in parallel, one clip at a time (:class:`avssl.video.ClipReader`: memory is
+bounded by the clip, not the video), cut into consecutive clips of ``ingest.clip_seconds`` (a
+trailing piece shorter than ``ingest.min_seconds`` is dropped and counted); each item's encoded
+samples go to a spool file, and from there, in input order (so the output does not depend on the
+worker count or schedule), into ``NNNNNN.tar`` shards of ``ingest.samples_per_shard`` samples
+(shard ``k`` of node ``r`` is number ``k * num_nodes + r``). A shard is written sample by sample
+as ``NNNNNN.tar.tmp``, fsynced and renamed when complete; then
 the node's progress file ``.ingest/node-RRRR-of-NNNN.json`` records it with the position of the
 next sample, so re-running the same command resumes after the last finished shard. When every
 node is done, ``manifest.json`` is written (see :func:`avssl.shards.read_manifest`). Tar headers
@@ -294,6 +296,12 @@ def _run(items: list[Item], cfg: Config, workers: int, spool_dir: Path) -> Itera
         return
     import multiprocessing as mp
 
+    import av  # noqa: F401  (the codecs' modules, imported once here rather than in every worker)
+    import soundfile  # noqa: F401
+    import soxr  # noqa: F401
+    from PIL import Image
+
+    Image.init()
     done: dict[int, ItemResult] = {}
     next_index = 0
     with mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
