@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 import avssl.evaluate as evaluate
+import avssl.probe as probe
 from avssl.tasks import load_task
 
 
@@ -21,14 +22,14 @@ def _no_straddle(groups: np.ndarray, tr: np.ndarray, va: np.ndarray) -> bool:
 def test_carve_keeps_groups_whole_and_stratifies(seed):
     y = np.repeat(np.arange(4), 15)  # 4 classes x 5 groups x 3 clips
     groups = np.array([f"src{i // 3}" for i in range(60)])
-    tr, va = evaluate._carve(y, 0.2, seed, groups)
+    tr, va = probe._carve(y, 0.2, seed, groups)
     assert sorted(np.r_[tr, va].tolist()) == list(range(60))
     assert _no_straddle(groups, tr, va)
     assert len(va) == 12 and np.bincount(y[va], minlength=4).tolist() == [3, 3, 3, 3]
     multi = np.eye(4, dtype=np.float32)[y]  # multi-label targets: group shuffle split
-    tr, va = evaluate._carve(multi, 0.2, seed, groups)
+    tr, va = probe._carve(multi, 0.2, seed, groups)
     assert _no_straddle(groups, tr, va) and 0 < len(va) < 60
-    plain_tr, plain_va = evaluate._carve(y, 0.2, seed)  # without groups: the old stratified carving
+    plain_tr, plain_va = probe._carve(y, 0.2, seed)  # without groups: the old stratified carving
     assert len(plain_va) == 12
 
 
@@ -62,8 +63,8 @@ def test_esc50_probe_carves_validation_by_source_recording(tmp_path, monkeypatch
         carved.append((groups, *out))
         return out
 
-    carve = evaluate._carve
-    monkeypatch.setattr(evaluate, "_carve", spy)
+    carve = probe._carve
+    monkeypatch.setattr(probe, "_carve", spy)
     x = np.random.default_rng(0).standard_normal((len(task.examples), 4)).astype(np.float32)
     summary, _ = evaluate.run_probes(task, x, seeds=2)
     assert len(carved) == 5 * 2 and all(r["num_valid"] > 0 for r in summary["runs"])

@@ -1,7 +1,8 @@
-"""Linear-probe evaluation: cached frozen embeddings, a regularised linear classifier (tables, plots: avssl.reports).
+"""Linear-probe evaluation: cached frozen embeddings, probes per fold and seed (the probe: avssl.probe;
+tables, plots: avssl.reports).
 
 Stage 1 embeds every split of a task once per model and caches it on disk
-(``<cache>/<model id>/<task>/<split>.npz``); stage 2 (:func:`probe`) never touches the model.
+(``<cache>/<model id>/<task>/<split>.npz``); stage 2 (:func:`avssl.probe.probe`) never touches the model.
 The protocol (written down in ``docs/evaluation.md``): standardise with training statistics,
 train a linear softmax classifier (sigmoid/BCE per class for multi-label tasks) with Adam, pick
 the L2 weight and the epoch on a validation split (the task's own, or carved from train only),
@@ -13,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import datetime
 import functools
 import hashlib
 import json
 import logging
-import math
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,236 +27,26 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .audio import LogMel, load_audio, resample
 from .config import AudioConfig
+from .probe import (  # noqa: F401  (re-exported: the metrics and the probe were defined here)
+    WEIGHT_DECAYS,
+    _one_thread,
+    accuracy,
+    average_precision,
+    classification_metrics,
+    d_prime,
+    probe,
+    roc_auc,
+)
 from .reports import markdown_table, slug, write_plots
 from .tasks import TASKS, Example, Task, default_data_root, load_task, shared_tasks
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("logmel-stats", "mfcc-stats")
-WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)  # L2 weights tried on the validation split
 N_MFCC = 20
-
-
-# ---------------------------------------------------------------------------------------- metrics
-
-
-def accuracy(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Top-1 accuracy of ``scores[n, K]`` against class indices ``y_true[n]``."""
-    return float(np.mean(np.argmax(scores, axis=1) == y_true))
-
-
-def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the step precision-recall curve of one class (scikit-learn's definition:
-    sum over distinct thresholds of (R_n - R_{n-1}) P_n). ``y_true`` in {0, 1}; NaN without positives."""
-    y_true = np.asarray(y_true, dtype=np.float64)
-    if y_true.sum() == 0:
-        return float("nan")
-    order = np.argsort(-np.asarray(score), kind="mergesort")
-    s, y = np.asarray(score)[order], y_true[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each tie group
-    tp, fp = np.cumsum(y)[last], np.cumsum(1 - y)[last]
-    precision, recall = tp / (tp + fp), tp / tp[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve of one class (Mann-Whitney U with average ranks for ties)."""
-    from scipy.stats import rankdata
-
-    y_true = np.asarray(y_true) > 0
-    n_pos, n_neg = int(y_true.sum()), int((~y_true).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def d_prime(auc: float) -> float:
-    """Sensitivity index from an AUC: ``sqrt(2) * Phi^-1(auc)`` (as reported for AudioSet)."""
-    auc = min(max(auc, 1e-6), 1 - 1e-6)
-    return math.sqrt(2.0) * statistics.NormalDist().inv_cdf(auc)
-
-
-def classification_metrics(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Metrics for ``scores[n, K]``: ``accuracy`` (single-label ``y[n]`` only), macro ``mAP``,
-    macro ``auc`` and ``d_prime`` (classes without positives, or without negatives, are skipped)."""
-    multilabel = y.ndim == 2
-    onehot = y if multilabel else np.eye(scores.shape[1], dtype=np.float32)[y]
-    aps = [average_precision(onehot[:, k], scores[:, k]) for k in range(scores.shape[1])]
-    aucs = [roc_auc(onehot[:, k], scores[:, k]) for k in range(scores.shape[1])]
-    auc = float(np.nanmean(aucs)) if not all(map(math.isnan, aucs)) else float("nan")
-    out = {"mAP": float(np.nanmean(aps)), "auc": auc, "d_prime": d_prime(auc) if not math.isnan(auc) else float("nan")}
-    if not multilabel:
-        out["accuracy"] = accuracy(y, scores)
-    return out
-
-
-# ---------------------------------------------------------------------------------------- probe
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device):
-    """Run tiny CPU tensor work on one thread: intra-op threads only spin on matrices this small
-    (measured ~50x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _carve(
-    y: np.ndarray, share: float, seed: int, groups: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices of ``y`` into (train, valid): stratified when every class has >= 2 examples.
-
-    With ``groups`` (one id per example, e.g. the source recording) no group straddles the two:
-    ``StratifiedGroupKFold`` with ``round(1 / share)`` folds (its first fold is the validation
-    set) for single-label ``y``, else ``GroupShuffleSplit``; ignored (with a warning) when there
-    are fewer than two groups."""
-    import warnings
-
-    from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit, StratifiedGroupKFold, StratifiedShuffleSplit
-
-    if groups is not None and len(np.unique(groups)) >= 2:
-        n_splits = max(2, int(round(1 / share)))
-        if y.ndim == 1 and len(np.unique(groups)) >= n_splits:
-            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        else:
-            splitter = GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed)
-        with warnings.catch_warnings():  # a class with fewer groups than folds is expected, not news
-            warnings.simplefilter("ignore", UserWarning)
-            tr, va = next(splitter.split(np.zeros(len(y)), y if y.ndim == 1 else None, groups))
-        return np.sort(tr), np.sort(va)
-    if groups is not None:
-        log.warning("fewer than two example groups: the validation split is carved without them")
-    counts = np.unique(y, return_counts=True)[1] if y.ndim == 1 else np.zeros(0)
-    stratify = y.ndim == 1 and counts.min() >= 2 and len(counts) <= min(share, 1 - share) * len(y)
-    splitter = (StratifiedShuffleSplit if stratify else ShuffleSplit)(n_splits=1, test_size=share, random_state=seed)
-    tr, va = next(splitter.split(np.zeros(len(y)), y if stratify else None))
-    return np.sort(tr), np.sort(va)
-
-
-def _score(y: np.ndarray, scores: np.ndarray) -> float:
-    """Multi-label validation criterion: mAP over classes with positives."""
-    return float(np.nanmean([average_precision(y[:, k], scores[:, k]) for k in range(y.shape[1]) if y[:, k].any()]))
-
-
-def probe(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
-    *,
-    valid_x: np.ndarray | None = None,
-    valid_y: np.ndarray | None = None,
-    num_classes: int | None = None,
-    seed: int = 0,
-    weight_decays: tuple[float, ...] = WEIGHT_DECAYS,
-    lr: float = 1e-2,
-    batch_size: int = 256,
-    max_epochs: int = 200,
-    min_steps: int = 600,
-    patience: int = 15,
-    valid_share: float = 0.2,
-    groups: np.ndarray | None = None,
-    device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Train a linear classifier on frozen embeddings and test it.
-
-    ``*_x``: ``float[n, D]``; ``*_y``: class indices ``int[n]`` (softmax + cross-entropy) or
-    multi-hot ``{0,1}[n, K]`` (per-class sigmoid + BCE). Without ``valid_x`` a validation split
-    (``valid_share``, stratified when possible, seeded) is carved from the training data, keeping
-    each of ``groups`` (one id per training example, e.g. its source recording) on one side.
-    Features are standardised with the training mean/std. One linear layer per L2 weight in
-    ``weight_decays`` is trained at once with Adam (``lr``, minibatches of ``batch_size``, at
-    least ``min_steps`` steps up to ``max_epochs`` epochs, stopping after ``patience`` epochs
-    without a validation gain); the (weight, epoch) with the best validation score is tested.
-
-    Returns ``{"metrics": {...}, "scores": float32[n_test, K] (probabilities), "weight_decay",
-    "epoch", "valid_score", "num_train", "num_valid"}``.
-    """
-    device = torch.device(device or "cpu")
-    with _one_thread(device):
-        train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
-        train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-        multilabel = train_y.ndim == 2
-        if valid_x is None:
-            tr, va = _carve(train_y, valid_share, seed, groups)
-            train_x, valid_x, train_y, valid_y = train_x[tr], train_x[va], train_y[tr], train_y[va]
-        valid_x, valid_y = np.asarray(valid_x, np.float32), np.asarray(valid_y)
-        if multilabel:
-            k = train_y.shape[1]
-        else:
-            k = num_classes or int(max(train_y.max(), valid_y.max(), test_y.max())) + 1
-        mean, std = train_x.mean(0), train_x.std(0)
-        std = np.where(std > 1e-8, std, 1.0)
-
-        def tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy((a - mean) / std).float().to(device)
-
-        xt, xv, xs = tensor(train_x), tensor(valid_x), tensor(test_x)
-        yt = torch.from_numpy(train_y).to(device, torch.float32 if multilabel else torch.long)
-        yv = torch.from_numpy(valid_y).to(device)
-        gen = torch.Generator().manual_seed(seed)
-        g, d = len(weight_decays), xt.shape[1]
-        weight = (torch.randn(g, d, k, generator=gen) * 0.01).to(device).requires_grad_()
-        bias = torch.zeros(g, 1, k, device=device, requires_grad=True)
-        wd = torch.tensor(weight_decays, dtype=torch.float32, device=device)[:, None, None]
-        opt = torch.optim.Adam([weight, bias], lr=lr)
-        n = xt.shape[0]
-        steps_per_epoch = math.ceil(n / batch_size)
-        epochs = min(max_epochs, max(1, math.ceil(min_steps / steps_per_epoch)))
-        best = [(-math.inf, -1, None, None)] * g  # (score, epoch, weight, bias) per L2 weight
-
-        def predict(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-            logits = x @ w + b
-            return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)).cpu().numpy()
-
-        for epoch in range(epochs):
-            perm = torch.randperm(n, generator=gen).to(device)
-            for i in range(0, n, batch_size):
-                idx = perm[i : i + batch_size]
-                logits = torch.einsum("nd,gdk->gnk", xt[idx], weight) + bias  # [G, b, K]
-                if multilabel:
-                    loss = F.binary_cross_entropy_with_logits(logits, yt[idx].expand(g, -1, -1), reduction="none")
-                    loss = loss.mean(dim=(1, 2)).sum()
-                else:
-                    loss = F.cross_entropy(logits.reshape(-1, k), yt[idx].repeat(g), reduction="sum") / len(idx)
-                loss = loss + 0.5 * (wd * weight.square()).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                logits = torch.einsum("nd,gdk->gnk", xv, weight) + bias
-                if multilabel:
-                    val = [_score(valid_y, torch.sigmoid(logits[j]).cpu().numpy()) for j in range(g)]
-                else:
-                    val = (logits.argmax(-1) == yv).float().mean(-1).tolist()
-                for j in range(g):
-                    if val[j] > best[j][0]:
-                        best[j] = (val[j], epoch, weight[j].detach().clone(), bias[j].detach().clone())
-            if epoch - max(b[1] for b in best) >= patience:
-                break
-        j = max(range(g), key=lambda i: (best[i][0], weight_decays[i]))  # ties: the stronger regulariser
-        score, epoch, w, b = best[j]
-        with torch.no_grad():
-            scores = predict(xs, w, b)
-        return {
-            "metrics": classification_metrics(test_y, scores),
-            "scores": scores.astype(np.float32),
-            "weight_decay": float(weight_decays[j]),
-            "epoch": int(epoch) + 1,
-            "valid_score": float(score),
-            "num_train": int(len(train_x)),
-            "num_valid": int(len(valid_x)),
-        }
 
 
 # ---------------------------------------------------------------------------------------- encoders
