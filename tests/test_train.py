@@ -177,11 +177,12 @@ def _rank_main(rank: int, world: int, port: int, shards: str, out: str) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import avssl.train as train
+    import avssl.trainer as trainer
 
     built, losses = [], []
-    build, make_loss = train.build_model, train.ContrastiveLoss
-    train.build_model = lambda cfg: built.append(build(cfg)) or built[-1]
-    train.ContrastiveLoss = lambda cfg: losses.append(make_loss(cfg)) or losses[-1]
+    build, make_loss = trainer.build_model, trainer.ContrastiveLoss
+    trainer.build_model = lambda cfg: built.append(build(cfg)) or built[-1]
+    trainer.ContrastiveLoss = lambda cfg: losses.append(make_loss(cfg)) or losses[-1]
     cfg = load_config("tiny", BASE + ["train.steps=3", "train.ckpt_every=2", "data.num_workers=0",
                                       "loss.learn_temperature=true"])
     train.pretrain(cfg, shards, out, progress=False)
