@@ -112,6 +112,14 @@ def decoded(paths: list[Path], sample_rate: int, workers: int) -> Iterator[tuple
     yield from loader
 
 
+def tower_threads(workers: int) -> int:
+    """Torch threads for the tower beside ``workers`` decoding processes: the cores this process may use
+    minus the workers, at least 1 (OpenMP threads that share a core with a busy decoder wait for each other at
+    every operator, which made 2 threads several times slower than 1 on 2 cores; docs/benchmarks-embed.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), cores - workers))
+
+
 def _node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]:
     """Explicit ``--num-nodes/--node-rank``, else torchrun's ``WORLD_SIZE``/``RANK``, else one process."""
     if num_nodes is None:
@@ -153,14 +161,13 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     split) has one row per input: ``input``, ``output``, ``status`` (``ok``, ``done`` = kept from an earlier
     run, ``skipped``), ``reason``. Existing outputs made from the same input are kept (resume). Inputs are
     split ``node_rank::num_nodes`` across processes. ``workers`` decoding processes run beside the tower;
-    ``threads`` sets the tower's torch threads (default: torch's, one per core).
+    ``threads`` sets the tower's torch threads (default: the cores left after the ``workers``, at least 1).
     """
     out_dir = Path(out_dir)
     num_nodes, node_rank = _node_split(num_nodes, node_rank)
     if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
-    if threads:
-        torch.set_num_threads(int(threads))
+    torch.set_num_threads(int(threads) if threads else tower_threads(workers))
     embedder = load_model(checkpoint, device=device, view=view, overlap=overlap, features=features)
     _check_settings(out_dir, {"features": embedder.features,
         "checkpoint_sha1": file_sha1(checkpoint), "view": view, "timestamps": timestamps,

@@ -294,7 +294,8 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-rank", type=int, default=None, help="this process's share (0..num-nodes-1)")
     p.add_argument("--workers", type=int, default=1,
                    help="decoding processes running beside the tower (default 1; 0 = decode in between)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for the tower (default: one per core)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the tower (default: the cores left after --workers, at least 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
