@@ -50,6 +50,10 @@ BASELINES = ("logmel-stats", "mfcc-stats")
 DEFAULT_CONFIG = "cpu"
 
 
+class SweepStopped(KeyboardInterrupt):
+    """A signal stopped a pretraining run (which saved a checkpoint): the whole sweep stops; a rerun resumes."""
+
+
 @dataclass
 class Cell:
     """One unit of work: a training cell (``kind="train"``) or a baseline (``kind="baseline"``)."""
@@ -218,8 +222,8 @@ def _pretrain(cell: Cell, data: str, out: Path, progress: bool) -> tuple[Path, d
     ckpt = pretrain(cell.cfg, data, run, resume=(run / CHECKPOINT).exists(), progress=progress)
     seconds = time.perf_counter() - t0
     steps = int(load_checkpoint(ckpt)["step"])
-    if steps < cell.cfg.train.steps:
-        raise RuntimeError(f"pretraining stopped at step {steps} of {cell.cfg.train.steps}; rerun to resume")
+    if steps < cell.cfg.train.steps:  # SIGTERM/SIGINT: the run saved a checkpoint; stop the sweep, not just the cell
+        raise SweepStopped(f"pretraining stopped at step {steps} of {cell.cfg.train.steps}; rerun the sweep to resume")
     gflops = train_step_flops(cell.cfg)["gflops_per_step"]
     compute = {"steps": steps, "gflops_per_step": gflops, "tflops": gflops * steps / 1e3, "train_seconds": seconds}
     if dist.is_main_process():
