@@ -52,3 +52,45 @@ def test_round_trip(tmp_path):
     path = save_config(cfg, tmp_path / "config.yaml")
     again = Config.from_dict(yaml.safe_load(path.read_text()))
     assert again == cfg
+
+
+@pytest.mark.parametrize("key, bad", [
+    ("augment.mix", "cutmix"), ("optim.name", "sgd"), ("train.precision", "fp16"), ("ingest.frame_format", "png"),
+    ("ingest.audio_only", "drop"), ("model.preset", "huge"), ("model.spec_arch", "vit"), ("audio.window", "blackman"),
+    ("embed.features", "logits"), ("model.video_depth", "34"), ("model.views", "[spec, text]"),
+])
+def test_bad_choice_fails_at_load_naming_the_valid_values(key, bad):
+    from avssl.config import CHOICES
+
+    valid = CHOICES[key]
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", [f"{key}={bad}"])
+    assert key in str(e.value) and all(str(v) in str(e.value) for v in valid)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):  # a checkpoint's or a sweep's config too
+        Config.from_dict({key.split(".")[0]: {key.split(".")[1]: yaml.safe_load(bad)}})
+    section, name = key.split(".")
+    for good in valid:  # every listed value loads
+        value = [good] if name == "views" else good
+        assert getattr(getattr(load_config("tiny", {section: {name: value}}), section), name) == value
+
+
+def test_choices_agree_with_the_modules_that_act_on_them():
+    from avssl.augment import MIX_MODES
+    from avssl.config import CHOICES, EMBED_FEATURES
+    from avssl.models import PRESETS, VIEWS
+    from avssl.models.avmodel import SPEC_ARCHS
+    from avssl.models.video import RESNET_LAYERS
+    from avssl.shards import FRAME_FORMATS
+
+    assert CHOICES["augment.mix"] == MIX_MODES and CHOICES["ingest.frame_format"] == FRAME_FORMATS
+    assert CHOICES["model.preset"] == PRESETS and CHOICES["model.spec_arch"] == SPEC_ARCHS
+    assert CHOICES["model.views"] == VIEWS and CHOICES["embed.features"] == EMBED_FEATURES
+    assert set(CHOICES["model.video_depth"]) == set(RESNET_LAYERS)
+
+
+def test_a_bad_choice_in_a_preset_file_names_the_file(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("augment: {mix: cutmix}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(p) in str(e.value) and "augment.mix='cutmix'; use one of none, mixup, mixback" in str(e.value)

@@ -2,8 +2,9 @@
 
 Every section is a frozen-by-convention dataclass with defaults. A preset (``tiny``, ``small``,
 ``paper`` or a path to a YAML file) and the ``--set`` overrides are applied on top of the
-defaults; unknown keys are an error that names the key and lists the valid ones. The resolved
-config is saved next to every output (:func:`save_config`) and inside every checkpoint.
+defaults; unknown keys and bad choices (:data:`CHOICES`) are errors that name the key and list the
+valid ones. The resolved config is saved next to every output (:func:`save_config`) and inside every
+checkpoint.
 """
 
 from __future__ import annotations
@@ -166,12 +167,46 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        """Build a config from a (possibly partial) nested dict; unknown keys are an error."""
+        """Build a config from a (possibly partial) nested dict; unknown keys and bad choices are errors."""
         return apply_overrides(cls(), d)
 
 
 class ConfigError(ValueError):
     """A bad config key or value; the message names it and what is valid."""
+
+
+# Every setting with a fixed set of values, in one table: a config is checked against it whenever one is
+# built (load_config, Config.from_dict, apply_overrides on a whole Config), so a bad choice fails at load
+# naming the valid values, not hours later where the value is first used. A list setting (model.views)
+# is checked item by item. The modules that act on a choice keep their own tuple (augment.MIX_MODES,
+# shards.FRAME_FORMATS, models.PRESETS, ...); tests/test_config.py checks that they agree with this table.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "audio.window": ("hann", "hamming"),
+    "ingest.frame_format": ("jpeg", "raw", "h264"),
+    "ingest.audio_only": ("skip", "keep"),
+    "model.preset": ("tiny", "small", "paper"),
+    "model.views": ("spec", "wave", "video"),
+    "model.video_depth": (18, 50),
+    "model.spec_arch": ("cnn14", "resnet"),
+    "augment.mix": ("none", "mixup", "mixback"),
+    "optim.name": ("adamw", "lars"),
+    "train.precision": ("auto", "bf16", "fp32"),
+    "embed.features": EMBED_FEATURES,
+}
+
+
+def check_choices(cfg: Config) -> Config:
+    """Return ``cfg`` if every setting in :data:`CHOICES` holds a valid value, else raise :class:`ConfigError`
+    naming the setting, its value and the valid values."""
+    for key, valid in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, v in items:
+            if v not in valid:
+                where = key if i is None else f"{key}[{i}]"
+                raise ConfigError(f"{where}={v!r}; use one of {', '.join(map(str, valid))}")
+    return cfg
 
 
 def _check_value(where: str, tp: Any, value: Any) -> Any:
@@ -226,7 +261,8 @@ def apply_overrides(obj: Any, d: dict[str, Any], where: str = "") -> Any:
             changes[key] = apply_overrides(current, value, path)
         else:
             changes[key] = _check_value(path, hints[key], value)
-    return dataclasses.replace(obj, **changes)
+    out = dataclasses.replace(obj, **changes)
+    return check_choices(out) if isinstance(out, Config) else out
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -272,8 +308,6 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | dict | 
             raise ConfigError(f"{path}: {e}") from None
     if overrides:
         cfg = apply_overrides(cfg, overrides if isinstance(overrides, dict) else parse_set(list(overrides)))
-    if cfg.embed.features not in EMBED_FEATURES:
-        raise ConfigError(f"embed.features={cfg.embed.features!r}; use one of {', '.join(EMBED_FEATURES)}")
     return cfg
 
 
