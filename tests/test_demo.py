@@ -97,6 +97,13 @@ def test_small_demo_writes_every_report_file_and_repeats_exactly(tmp_path):
     assert "| audio-visual |" in summary and "![retrieval](retrieval.png)" in summary
     assert "4 optimizer steps per pretraining run" in summary
     assert results["probe"] == saved["probe"]
+    # the report's numbers are the runs' own: the last logged loss, and the evaluation's records
+    for name in ("audio-visual", "audio-only"):
+        logged = [json.loads(x) for x in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        assert runs[name]["final_loss"] == logged[-1]["loss"] and logged[-1]["step"] == 4
+    records = {r["model"]: r for r in map(json.loads, (out / "eval" / "results.jsonl").read_text().splitlines())}
+    for row in saved["probe"]:
+        assert (row["mean"], row["std"], row["chance"]) == tuple(records[row["model"]][k] for k in ("mean", "std", "chance"))
     again = _small_demo(tmp_path / "again")
     def scores(res):
         return [(r["name"], r["mean"], r["std"]) for r in res["probe"]]
@@ -119,3 +126,16 @@ def test_cli_refuses_to_overwrite(tmp_path, capsys):
     assert run_demo(parser.parse_args(["--out", str(tmp_path / "x")])) == 2
     assert "--force" in capsys.readouterr().out
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_results_table_renders_the_numbers():
+    from avssl.demo_report import results_table
+
+    results = {"probe": [{"name": "audio-visual", "mean": 0.5, "std": 0.25, "chance": 0.125}],
+               "retrieval": {"audio-visual": {"top1": 0.5, "top5": 0.75, "chance_top1": 0.1, "chance_top5": 0.5},
+                             "random-init": {"top1": 0.0, "top5": 0.25, "chance_top1": 0.1, "chance_top5": 0.5}}}
+    assert results_table(results).splitlines()[2:] == [
+        "| audio-visual | 50.0 ± 25.0 | 50.0 | 75.0 |",
+        "| random-init | - | 0.0 | 25.0 |",
+        "| *chance* | 12.5 | 10.0 | 50.0 |",
+    ]

@@ -21,11 +21,13 @@ of both runs and the world's ``world.json``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from .config import Config, apply_overrides, load_config, parse_set
+from .demo_report import demo_plots, results_table, summary_markdown
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,6 @@ RUNS = {
                      "loss": {"pairs": ["spec-video", "wave-video", "spec-wave"]}},
     "audio-only": {"model": {"views": ["spec", "wave"]}, "loss": {"pairs": ["spec-wave"]}},
 }
-RETRIEVAL_EXAMPLES = 6
 
 
 def demo_configs(seed: int, clip_seconds: float, overrides: list[str] | None = None,
@@ -120,97 +122,6 @@ def retrieval(model: torch.nn.Module, cfg: Config, clips: list, *, labels: list[
     return out
 
 
-# ------------------------------------------------------------------------------------ plots
-
-
-def _metrics(run_folder: Path) -> list[dict]:
-    """The rows of a run's ``metrics.jsonl`` (empty when the run stopped before its first log step)."""
-    path = run_folder / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-
-
-def _plot_curves(runs: dict[str, Path], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
-    for ax, (name, folder) in zip(axes[0], runs.items()):
-        rows = _metrics(folder)
-        steps = [r["step"] for r in rows]
-        ax.plot(steps, [r["loss"] for r in rows], color="black", lw=2, label="total")
-        for key in sorted({k for r in rows for k in r if k.startswith("nce/")}):
-            ax.plot(steps, [r.get(key, np.nan) for r in rows], lw=1, label=key)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("InfoNCE loss")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _plot_probe(rows: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    names = [r["name"] for r in rows]
-    ax.bar(names, [100 * r["mean"] for r in rows], yerr=[100 * r["std"] for r in rows], capsize=4,
-           color=["tab:green", "tab:blue", "tab:gray", "tab:orange"][: len(rows)])
-    ax.axhline(100 * rows[0]["chance"], color="red", ls="--", lw=1, label="chance")
-    ax.set_ylabel("held-out probe accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _plot_retrieval(clips: list, result: dict, labels: list[str] | None, path: Path, top: int = 3) -> Path:
-    """Rows: audio queries. Columns: the query's own video, then the ``top`` retrieved videos
-    (middle frames); green = its own video, orange = same label, red = other."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(clips)
-    if labels is not None:  # one query per label first, so the figure shows several classes
-        first = list(dict.fromkeys(labels))
-        queries = [labels.index(x) for x in first][:RETRIEVAL_EXAMPLES]
-    else:
-        queries = list(range(min(RETRIEVAL_EXAMPLES, n)))
-    fig, axes = plt.subplots(len(queries), top + 1, figsize=(1.8 * (top + 1), 1.9 * len(queries)), squeeze=False)
-    sim = result["similarity"]
-    for row, q in enumerate(queries):
-        order = np.argsort(-sim[q])[:top]
-        for col, idx in enumerate([q, *order]):
-            ax = axes[row, col]
-            frames = clips[idx].frames
-            ax.imshow(frames[len(frames) // 2] if len(frames) else np.zeros((8, 8, 3), np.uint8))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_title(f"query: {labels[q] if labels else clips[q].key}", fontsize=7)
-                continue
-            colour = "green" if idx == q else ("orange" if labels and labels[idx] == labels[q] else "red")
-            for spine in ax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(3)
-            ax.set_title(f"#{col} {labels[idx] if labels else clips[idx].key} ({sim[q, idx]:.2f})", fontsize=7)
-    fig.suptitle("audio -> video retrieval (audio-visual model, held-out clips)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # ------------------------------------------------------------------------------------ pipeline
 
 
@@ -218,7 +129,7 @@ def _pretrain_runs(cfgs: dict[str, Config], shards: Path, runs_dir: Path, progre
     """Pretrain every config for its ``train.steps``; each run's steps, counted GFLOPs, seconds and final loss."""
     from .checkpoint import load_checkpoint
     from .flops import train_step_flops
-    from .train import pretrain
+    from .train import pretrain, read_metrics
 
     out = {}
     for name, cfg in cfgs.items():
@@ -228,7 +139,7 @@ def _pretrain_runs(cfgs: dict[str, Config], shards: Path, runs_dir: Path, progre
         log.info("pretraining %s for %d steps (%s)", name, cfg.train.steps, ", ".join(cfg.loss.pairs))
         t0 = time.perf_counter()
         ckpt = pretrain(cfg, shards, folder, progress=progress)
-        rows = _metrics(folder)
+        rows = read_metrics(folder)
         steps = int(load_checkpoint(ckpt)["step"])
         gflops = train_step_flops(cfg)["gflops_per_step"]
         out[name] = {"checkpoint": ckpt, "folder": folder, "seconds": time.perf_counter() - t0, "steps": steps,
@@ -265,89 +176,27 @@ def run_demo_pipeline(
     ``world``: overrides of :data:`WORLD` (``num_classes``, ``clips_per_class``, ``seconds``,
     ``size``, ``fps``). ``overrides``: ``--set``-style ``a.b=c`` strings applied to both runs.
     """
-    from .ingest import ingest
-
-    t_start = time.perf_counter()
-    load_start = os.getloadavg()[0]
-    out = Path(out)
+    t_start, load_start = time.perf_counter(), os.getloadavg()[0]
+    out, timings = Path(out), {}
     report = out / "report"
     (report / "configs").mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
     world_args = {**WORLD, **(world or {})}
     cfgs = demo_configs(seed, world_args["seconds"] if videos is None else 3.0, overrides, steps)
-    cfg_av = cfgs["audio-visual"]
-
-    # 1. the data: the synthetic world (train/test split) or the user's videos
-    t0 = time.perf_counter()
-    if videos is None:
-        from .synthetic import generate_world
-
-        world_dir = generate_world(out / "world", seed=seed, sound_bank=sound_bank, progress=progress,
-                                   num_classes=world_args["num_classes"], clips_per_class=world_args["clips_per_class"],
-                                   seconds=world_args["seconds"], size=world_args["size"], fps=world_args["fps"],
-                                   sample_rate=cfg_av.audio.sample_rate)
-        shutil.copy(world_dir / "world.json", report / "configs" / "world.json")
-        train_inputs, test_inputs = [world_dir / "train"], [world_dir / "test"]
-    else:
-        videos = Path(videos)
-        if not videos.is_dir():
-            raise FileNotFoundError(f"--videos {videos} is not a folder; pass a folder of video files with sound")
-        world_dir, train_inputs, test_inputs = None, [videos], None
-    timings["generate"] = time.perf_counter() - t0
-
-    # 2. ingest (the real path: decode, resample, downscale, shard)
-    t0 = time.perf_counter()
-    manifest = ingest(train_inputs, out / "shards" / "train", cfg_av, progress=progress)
-    if manifest.get("total_samples", 0) == 0:
-        raise RuntimeError(f"ingest of {train_inputs[0]} produced no clips; see {out / 'shards' / 'train'}/manifest.json")
-    test_shards = out / "shards" / "test"
-    if test_inputs is not None:
-        ingest(test_inputs, test_shards, cfg_av, progress=progress)
-    else:
-        test_shards = out / "shards" / "train"
-    timings["ingest"] = time.perf_counter() - t0
-
-    # 3. pretrain (a) and (b) for the same number of steps
-    t0 = time.perf_counter()
-    runs = _pretrain_runs(cfgs, out / "shards" / "train", out / "runs", progress)
-    timings["pretrain"] = time.perf_counter() - t0
-    for name, run in runs.items():
-        shutil.copy(run["folder"] / "config.yaml", report / "configs" / f"{name}.yaml")
-
-    # 4. linear probe on held-out clips (labelled world only)
-    probe_rows: list[dict] = []
-    t0 = time.perf_counter()
-    if world_dir is not None:
-        from .evaluate import evaluate
-
-        ckpt_av = str(runs["audio-visual"]["checkpoint"])
-        specs = {"audio-visual": ckpt_av, "audio-only": str(runs["audio-only"]["checkpoint"]),
-                 "random-init": f"random-init:{ckpt_av}", "logmel-stats": "logmel-stats"}
-        records = evaluate(list(specs.values()), [f"csv:{world_dir / 'labels.csv'}"], None, out / "eval",
-                           seeds=probe_seeds, progress=progress)
-        by_spec = {r["model"]: r for r in records}
-        probe_rows = [{"name": name, "model": spec, "mean": by_spec[spec]["mean"], "std": by_spec[spec]["std"],
-                       "chance": by_spec[spec]["chance"]} for name, spec in specs.items()]
-    timings["probe"] = time.perf_counter() - t0
-
-    # 5. audio -> video retrieval with (a), and with its random-init twin as the reference
-    t0 = time.perf_counter()
-    clips = read_clips(test_shards)
-    labels = _world_labels(world_dir, clips) if world_dir is not None else None
-    from .checkpoint import model_from_checkpoint, random_model
-
-    model, cfg_run = model_from_checkpoint(runs["audio-visual"]["checkpoint"])
-    retrieval_rows = {
-        "audio-visual": retrieval(model, cfg_run, clips, labels=labels, seed=seed),
-        "random-init": retrieval(random_model(cfg_run, 0), cfg_run, clips, labels=labels, seed=seed),
-    }
-    timings["retrieval"] = time.perf_counter() - t0
-
-    # 6. report
-    plots = {"curves": _plot_curves({n: r["folder"] for n, r in runs.items()}, report / "curves.png"),
-             "retrieval": _plot_retrieval(clips, retrieval_rows["audio-visual"], labels, report / "retrieval.png")}
-    if probe_rows:
-        plots["probe"] = _plot_probe(probe_rows, report / "probe.png")
+    with _timed(timings, "generate"):  # 1. the data: the synthetic world (train/test split) or the user's videos
+        world_dir, train_inputs, test_inputs = _demo_data(out, videos, world_args, seed, sound_bank,
+                                                          cfgs["audio-visual"].audio.sample_rate, progress)
+    with _timed(timings, "ingest"):  # 2. the real path: decode, resample, downscale, shard
+        manifest, test_shards = _ingest_splits(out / "shards", train_inputs, test_inputs, cfgs["audio-visual"], progress)
+    with _timed(timings, "pretrain"):  # 3. pretrain (a) and (b) for the same number of steps
+        runs = _pretrain_runs(cfgs, out / "shards" / "train", out / "runs", progress)
+    _copy_configs(runs, report / "configs")
+    with _timed(timings, "probe"):  # 4. linear probe on held-out clips (labelled world only)
+        probe_rows = [] if world_dir is None else _probe_runs(runs, world_dir, out / "eval", probe_seeds, progress)
+    with _timed(timings, "retrieval"):  # 5. audio -> video retrieval with (a), and its random-init twin
+        clips = read_clips(test_shards)
+        labels = _world_labels(world_dir, clips) if world_dir is not None else None
+        retrieval_rows = _retrieval_runs(runs["audio-visual"]["checkpoint"], clips, labels, seed)
+    plots = demo_plots(report, runs, clips, retrieval_rows["audio-visual"], labels, probe_rows)  # 6. the report
     timings["total"] = time.perf_counter() - t_start
     results = {
         "seed": seed, "steps": steps, "videos": str(videos) if videos is not None else None,
@@ -369,65 +218,80 @@ def run_demo_pipeline(
     return results
 
 
-# ------------------------------------------------------------------------------------ text
+def _copy_configs(runs: dict[str, dict[str, Any]], folder: Path) -> None:
+    """Each run's resolved ``config.yaml`` as ``folder/<run name>.yaml``."""
+    for name, run in runs.items():
+        shutil.copy(run["folder"] / "config.yaml", folder / f"{name}.yaml")
 
 
-def results_table(results: dict[str, Any]) -> str:
-    """The short table printed at the end: probe accuracy and retrieval per model."""
-    ret = results["retrieval"]
-    probe = {r["name"]: r for r in results["probe"]}
-    names = list(dict.fromkeys([*probe, *ret]))
-    lines = ["| model | probe accuracy (%) | retrieval top-1 (%) | retrieval top-5 (%) |", "|---|---|---|---|"]
-    for name in names:
-        p = f"{100 * probe[name]['mean']:.1f} ± {100 * probe[name]['std']:.1f}" if name in probe else "-"
-        r1 = f"{100 * ret[name]['top1']:.1f}" if name in ret else "-"
-        r5 = f"{100 * ret[name]['top5']:.1f}" if name in ret else "-"
-        lines.append(f"| {name} | {p} | {r1} | {r5} |")
-    any_ret = next(iter(ret.values()))
-    chance_p = f"{100 * results['probe'][0]['chance']:.1f}" if results["probe"] else "-"
-    lines.append(f"| *chance* | {chance_p} | {100 * any_ret['chance_top1']:.1f} | {100 * any_ret['chance_top5']:.1f} |")
-    return "\n".join(lines)
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the seconds the block takes as ``timings[name]``."""
+    t0 = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t0
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
-    """``summary.md``: what ran, the table, the pretraining runs, the plots."""
-    w = results["world"]
-    if w is not None:
-        source = (f"the synthetic world: {w['num_classes']} classes x {w['clips_per_class']} clips of {w['seconds']} s "
-                  f"({'sound bank ' + w['sound_bank'] if w['sound_bank'] else 'procedural timbres'}), seed "
-                  f"{results['seed']}; {results['num_train_clips']} training clips, {results['num_test_clips']} held-out")
-    else:
-        source = (f"your videos in {results['videos']}: {results['num_train_clips']} clips (no labels: no probe; "
-                  "retrieval on the training clips)")
-    lines = [
-        "# avssl demo", "",
-        f"Data: {source}.", f"Budget: {results['steps']} optimizer steps per pretraining run (same batch size, data "
-        f"and seed); ran in {results['timings_seconds']['total']:.0f} s "
-        f"(stages, s: {', '.join(f'{k} {v}' for k, v in results['timings_seconds'].items() if k != 'total')}).", "",
-        f"Machine: {results['machine']['cpus']} CPUs, {results['machine']['torch_threads']} torch threads, 1-minute "
-        f"load average {results['machine']['load_average_start']} at the start, {results['machine']['load_average_end']} "
-        "at the end (load changes the seconds, never the results).", "",
-        "## Results", "", results_table(results), "",
-        "Probe: linear classifier on frozen `spec` embeddings, trained on the training clips and tested on the "
-        "held-out clips (avssl.evaluate protocol, mean ± std over seeds). Retrieval: each "
-        f"{'held-out' if w is not None else 'ingested'} clip's audio (spec view) ranks all those clips' videos; "
-        "top-k = its own video among the first k (ties count against it). random-init: (a)'s architecture, "
-        "untrained.", "",
-    ]
-    for name, r in results["retrieval"].items():
-        if "class_top1" in r:
-            lines.append(f"- {name}: first retrieved video has the query's class in {100 * r['class_top1']:.1f}% "
-                         f"(chance {100 * r['chance_class_top1']:.1f}%)")
-    lines += ["", "## Pretraining (same steps)", "", "| run | steps | GFLOP / step | TFLOP in all | seconds | final loss |",
-              "|---|---|---|---|---|---|"]
-    for name, r in results["pretrain"].items():
-        lines.append(f"| {name} | {r['steps']} | {r['gflops_per_step']:.1f} | {r['tflops']:.1f} | {r['seconds']:.0f} "
-                     f"| {r['final_loss']:.3f} |")
-    lines.append("")
-    lines.append("FLOPs: matmuls and convolutions of forward + backward, counted from the model (avssl.flops).")
-    lines += ["", "## Plots", ""] + [f"![{k}]({v})" for k, v in results["plots"].items()]
-    lines += ["", "Configs used: `configs/` (resolved YAML of each run" + (", world.json" if w else "") + ")."]
-    return "\n".join(lines) + "\n"
+def _demo_data(out: Path, videos: str | Path | None, world_args: dict[str, Any], seed: int,
+               sound_bank: str | Path | None, sample_rate: int, progress: bool) -> tuple[Path | None, list[Path], list[Path] | None]:
+    """``(world folder or None, training inputs, held-out inputs or None)``: the synthetic world generated
+    into ``out/world`` (its ``world.json`` copied to ``out/report/configs``), or the user's ``videos`` folder."""
+    if videos is None:
+        from .synthetic import generate_world
+
+        world_dir = generate_world(out / "world", seed=seed, sound_bank=sound_bank, progress=progress,
+                                   num_classes=world_args["num_classes"], clips_per_class=world_args["clips_per_class"],
+                                   seconds=world_args["seconds"], size=world_args["size"], fps=world_args["fps"],
+                                   sample_rate=sample_rate)
+        shutil.copy(world_dir / "world.json", out / "report" / "configs" / "world.json")
+        return world_dir, [world_dir / "train"], [world_dir / "test"]
+    videos = Path(videos)
+    if not videos.is_dir():
+        raise FileNotFoundError(f"--videos {videos} is not a folder; pass a folder of video files with sound")
+    return None, [videos], None
+
+
+def _ingest_splits(shards: Path, train_inputs: list[Path], test_inputs: list[Path] | None, cfg: Config,
+                   progress: bool) -> tuple[dict[str, Any], Path]:
+    """Ingest the training inputs into ``shards/train`` and the held-out ones into ``shards/test``; returns the
+    training manifest and the held-out shard folder (the training one when there are no held-out inputs)."""
+    from .ingest import ingest
+
+    manifest = ingest(train_inputs, shards / "train", cfg, progress=progress)
+    if manifest.get("total_samples", 0) == 0:
+        raise RuntimeError(f"ingest of {train_inputs[0]} produced no clips; see {shards / 'train'}/manifest.json")
+    if test_inputs is None:
+        return manifest, shards / "train"
+    ingest(test_inputs, shards / "test", cfg, progress=progress)
+    return manifest, shards / "test"
+
+
+def _probe_runs(runs: dict[str, dict[str, Any]], world_dir: Path, out: Path, probe_seeds: int,
+                progress: bool) -> list[dict]:
+    """Linear probes (:func:`avssl.evaluate.evaluate` into ``out``) of (a), (b), (a)'s random-init twin and
+    ``logmel-stats`` on the world's held-out clips; one row per model with the accuracy's mean, std and chance."""
+    from .evaluate import evaluate
+
+    ckpt_av = str(runs["audio-visual"]["checkpoint"])
+    specs = {"audio-visual": ckpt_av, "audio-only": str(runs["audio-only"]["checkpoint"]),
+             "random-init": f"random-init:{ckpt_av}", "logmel-stats": "logmel-stats"}
+    records = evaluate(list(specs.values()), [f"csv:{world_dir / 'labels.csv'}"], None, out,
+                       seeds=probe_seeds, progress=progress)
+    by_spec = {r["model"]: r for r in records}
+    return [{"name": name, "model": spec, "mean": by_spec[spec]["mean"], "std": by_spec[spec]["std"],
+             "chance": by_spec[spec]["chance"]} for name, spec in specs.items()]
+
+
+def _retrieval_runs(checkpoint: Path, clips: list, labels: list[str] | None, seed: int) -> dict[str, dict[str, Any]]:
+    """:func:`retrieval` among ``clips`` with the checkpoint's model (``audio-visual``) and with a seed-0
+    random init of its architecture (``random-init``)."""
+    from .checkpoint import model_from_checkpoint, random_model
+
+    model, cfg_run = model_from_checkpoint(checkpoint)
+    return {
+        "audio-visual": retrieval(model, cfg_run, clips, labels=labels, seed=seed),
+        "random-init": retrieval(random_model(cfg_run, 0), cfg_run, clips, labels=labels, seed=seed),
+    }
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -83,6 +83,12 @@ def _step_of(row: str) -> float:
         return math.inf
 
 
+def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run folder's ``metrics.jsonl`` (empty when the run stopped before its first log step)."""
+    path = Path(out) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
 class MetricsWriter:
     """``metrics.jsonl`` + TensorBoard (when installed) in the run folder; main process only."""
 
