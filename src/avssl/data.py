@@ -5,8 +5,9 @@ list such as ``shards/{000000..000099}.tar``, or any URL / ``pipe:`` source WebD
 shuffles through a buffer, splits the stream by rank and by DataLoader worker, and in the workers
 draws an aligned random crop of ``cfg.data.crop_seconds`` for each sample (the audio window and
 exactly the frames shown in it, chosen from the sample's lengths) and decodes only that window with
-:func:`avssl.shards.decode_sample` (no frames when the run has no video view; :func:`crop_sample`),
-then collates crops into a :class:`Batch`.
+:func:`avssl.shards.decode_sample` (no frames when the run has no video view; :func:`avssl.crops.crop_sample`),
+then collates crops into a :class:`Batch`. Resolving ``--data`` to shards and checking their manifest is
+:mod:`avssl.shardset`.
 
 Determinism and equal lengths. Each rank reads an endless, seeded stream made of *passes*: pass
 ``p`` permutes the shard list with ``seed`` and ``p`` (the same permutation on every rank), gives
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,12 +36,10 @@ import numpy as np
 import torch
 
 from .config import Config
+from .crops import choose_crop, crop_clip, crop_sample, resize_frames  # noqa: F401  (re-exported: defined here before)
+from .shardset import DataError, ShardSet, check_manifest, resolve_shards
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Missing or empty shards, or shards whose ingest parameters do not match the config."""
 
 
 @dataclass
@@ -86,206 +84,11 @@ class Batch:
         return torch.tensor([int.from_bytes(d, "little") >> 1 for d in digest], dtype=torch.int64)
 
 
-# ----------------------------------------------------------------------------------------- sources
-
-
-@dataclass
-class ShardSet:
-    """Resolved shard URLs, their sample counts (``None`` when unknown) and the manifest."""
-
-    urls: list[str]
-    counts: list[int] | None
-    manifest: dict[str, Any] | None
-
-
-def resolve_shards(data: str | Path, manifest: str | Path | None = None) -> ShardSet:
-    """Turn ``--data`` into shard URLs.
-
-    ``data`` is a shard folder (or its ``manifest.json``), a brace pattern
-    (``/d/{000000..000009}.tar``, ``::`` separates several), or URLs / ``pipe:`` commands.
-    ``manifest`` (a folder or ``manifest.json``) overrides where the manifest is looked up; for
-    local shard patterns it is found next to the shards. Raises :class:`DataError` naming what is
-    missing.
-    """
-    from webdataset.shardlists import expand_urls
-
-    from .shards import read_manifest
-
-    path = Path(str(data))
-    if manifest is None and (path.is_dir() or path.name == "manifest.json"):
-        folder = path if path.is_dir() else path.parent
-        man = _read_manifest(read_manifest, folder)
-        urls = [str(folder / s["name"]) for s in man["shards"]]
-        missing = [u for u in urls if not Path(u).is_file()]
-        if missing:
-            raise DataError(
-                f"{folder}: manifest.json lists {len(missing)} shard(s) that do not exist, e.g. {missing[0]}; "
-                "re-run `avssl ingest` into this folder or restore the files"
-            )
-        return _with_counts(urls, man)
-    if str(data).strip() == "":
-        raise DataError("--data is empty; pass a shard folder, a brace pattern or shard URLs")
-    urls = expand_urls(str(data))
-    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
-    missing = [u for u in local if not Path(u).is_file()]
-    if missing == [str(data)]:
-        raise DataError(f"{data}: no such shard folder or file; run `avssl ingest VIDEOS --out {data}` first")
-    if missing:
-        raise DataError(f"shard source '{data}': {len(missing)} shard(s) do not exist, e.g. {missing[0]}")
-    if manifest is not None:
-        mpath = Path(manifest)
-        man = _read_manifest(read_manifest, mpath if mpath.is_dir() else mpath.parent)
-    elif local and (Path(local[0]).parent / "manifest.json").is_file():
-        man = _read_manifest(read_manifest, Path(local[0]).parent)
-    else:
-        man = None
-    return _with_counts(urls, man)
-
-
-def _read_manifest(reader, folder: Path) -> dict[str, Any]:
-    if not folder.exists():
-        raise DataError(f"{folder}: no such shard folder; run `avssl ingest VIDEOS --out {folder}` first")
-    try:
-        return reader(folder)
-    except DataError:
-        raise
-    except Exception as e:  # the shard module's own error already names the file
-        raise DataError(f"{folder}: cannot use this shard folder: {e}") from e
-
-
-def _with_counts(urls: list[str], manifest: dict[str, Any] | None) -> ShardSet:
-    if not urls:
-        raise DataError("the shard set is empty (no shards listed); check --data")
-    if manifest is None:
-        return ShardSet(urls, None, None)
-    by_name = {s["name"]: int(s["samples"]) for s in manifest.get("shards", [])}
-    names = [u.rstrip("/").rsplit("/", 1)[-1] for u in urls]
-    counts = [by_name[n] for n in names] if all(n in by_name for n in names) else None
-    if counts is not None and sum(counts) == 0:
-        raise DataError(f"the shard set {urls[0]}... holds no samples (manifest total 0); check the ingest log")
-    return ShardSet(urls, counts, manifest)
-
-
-def check_manifest(manifest: dict[str, Any], cfg: Config, where: str = "shards") -> None:
-    """Fail fast when the shards were ingested with other parameters than ``cfg`` expects."""
-    params = manifest.get("params", {})
-    wanted = {"sample_rate": cfg.audio.sample_rate, "fps": cfg.video.fps, "size": cfg.video.size}
-    fixes = {"sample_rate": "audio.sample_rate", "fps": "video.fps", "size": "video.size"}
-    for key, want in wanted.items():
-        have = params.get(key)
-        if have is None:
-            raise DataError(f"{where}: manifest.json has no params.{key}; re-ingest with this version of avssl")
-        if key == "size" and float(have) >= float(want):
-            continue  # frames larger than video.size are downscaled by the loader (resize_frames)
-        if not math.isclose(float(have), float(want)):
-            raise DataError(
-                f"{where}: shards were ingested with {key}={have} but the config has {fixes[key]}={want}; "
-                f"train with --set {fixes[key]}={have} or re-ingest with the config's value"
-            )
-    clip = params.get("clip_seconds")
-    if clip is not None and cfg.data.crop_seconds > float(clip) + 1e-9:
-        raise DataError(
-            f"{where}: data.crop_seconds={cfg.data.crop_seconds} is longer than the ingested clips "
-            f"(clip_seconds={clip}); lower data.crop_seconds or re-ingest with longer clips"
-        )
-
-
-# ------------------------------------------------------------------------------------------ crops
+# ----------------------------------------------------------------------------------------- stream
 
 
 def _seed_rng(*parts: int | str) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts])
-
-
-def choose_crop(
-    num_samples: int, num_frames: int | None, crop_seconds: float, sample_rate: int, fps: float,
-    rng: np.random.Generator,
-) -> tuple[int, int | None]:
-    """Where an aligned random crop of a clip starts, from its lengths only: ``(first sample, first frame)``.
-
-    With frames (``num_frames`` not None; 0 for an audio-only sample) the window starts on a frame
-    ``f0`` drawn uniformly among those leaving a full window (0 for a short clip), and the audio at
-    sample ``round(f0 / fps * sample_rate)``, where frame ``f0`` is shown. Without (None), it starts
-    on any sample and the frame is None. One draw from ``rng`` either way.
-    """
-    if num_frames is None:
-        n = int(round(crop_seconds * sample_rate))
-        return int(rng.integers(0, max(0, num_samples - n) + 1)), None
-    seconds = min(num_samples / sample_rate, num_frames / fps) if num_frames else num_samples / sample_rate
-    f0 = int(rng.integers(0, max(0, int(math.floor((seconds - crop_seconds) * fps + 1e-6))) + 1))
-    return int(round(f0 / fps * sample_rate)), f0
-
-
-def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
-    """``uint8[T, H, W, 3]`` -> ``uint8[T, size, size, 3]`` by area averaging (PIL ``BOX``); unchanged when
-    already that size. Shards ingested at a higher resolution thus serve runs at any lower ``video.size``."""
-    if frames.shape[1:3] == (size, size) or len(frames) == 0:
-        return frames
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BOX)) for f in frames])
-
-
-def _fit(audio: np.ndarray, frames: np.ndarray | None, n: int, t: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Zero-pad the audio to ``n`` samples; repeat the last frame (black when none) to ``t`` frames."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if len(audio) < n:
-        audio = np.concatenate([audio, np.zeros(n - len(audio), np.float32)])
-    if frames is not None and len(frames) < t:
-        pad = frames[-1:] if len(frames) else np.zeros((1, *frames.shape[1:]), np.uint8)
-        frames = np.concatenate([frames, np.repeat(pad, t - len(frames), axis=0)])
-    return audio, frames
-
-
-def crop_clip(
-    audio: np.ndarray,
-    frames: np.ndarray | None,
-    crop_seconds: float,
-    sample_rate: int,
-    fps: float,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """An aligned random crop: ``float32[N]`` audio and exactly the ``uint8[T, H, W, 3]`` frames shown in it.
-
-    ``N = round(crop_seconds * sample_rate)``, ``T = round(crop_seconds * fps)``; the window is
-    :func:`choose_crop`'s. Where a clip is shorter than the window, audio is zero-padded and the
-    last frame repeats (as :func:`avssl.augment.augment` does); a clip with no frames gets black
-    ones. :func:`crop_sample` gives the same crop from a shard sample, decoding only the window.
-    """
-    n, t = int(round(crop_seconds * sample_rate)), int(round(crop_seconds * fps))
-    start, f0 = choose_crop(len(audio), None if frames is None else len(frames), crop_seconds, sample_rate, fps, rng)
-    return _fit(audio[start : start + n], None if frames is None else frames[f0 : f0 + t], n, t)
-
-
-def crop_sample(
-    sample: dict[str, Any], crop_seconds: float, rng: np.random.Generator, *, with_frames: bool,
-    frame_size: int, audio_crops: int = 1,
-) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """``(key, audio[N], audio2[N] | None, frames[T, H, W, 3] | None)`` from a raw shard sample.
-
-    The same values as :func:`crop_clip` on the fully decoded clip with the same ``rng`` (the
-    windows are drawn in the same order), but the window is chosen from the sample's lengths
-    first and only it is decoded (``avssl.shards.decode_sample`` with ``start``/``seconds``; no
-    frames at all when ``with_frames`` is false). ``audio_crops=2`` adds a second, independent
-    audio window. An audio-only sample in a run with frames gets black ``frame_size`` frames.
-    """
-    from .shards import decode_sample, sample_info
-
-    info = sample_info(sample)
-    sr, fps = info.sample_rate, info.fps
-    n, t = int(round(crop_seconds * sr)), int(round(crop_seconds * fps))
-    start, f0 = choose_crop(info.num_samples, info.num_frames if with_frames else None, crop_seconds, sr, fps, rng)
-    second = choose_crop(info.num_samples, None, crop_seconds, sr, fps, rng)[0] if audio_crops == 2 else None
-    # a window that starts on frame f0 starts at f0 / fps: decode_sample's first frame is f0, its first sample `start`
-    clip = decode_sample(sample, start=start / sr if f0 is None else f0 / fps, seconds=crop_seconds, frames=with_frames)
-    frames = None
-    if with_frames:
-        frames = resize_frames(clip.frames, frame_size) if info.num_frames else np.zeros((0, frame_size, frame_size, 3), np.uint8)
-    audio, frames = _fit(clip.audio, frames, n, t)
-    audio2 = None
-    if second is not None:
-        audio2, _ = _fit(decode_sample(sample, start=second / sr, seconds=crop_seconds, frames=False).audio, None, n, t)
-    return info.key, audio, audio2, frames
 
 
 def collate(
@@ -303,9 +106,6 @@ def collate(
     else:
         frames = torch.from_numpy(np.stack([f for _, _, _, f in items])).permute(0, 1, 4, 2, 3).contiguous()
     return Batch(audio=audio, frames=frames, keys=[k for k, _, _, _ in items], audio2=audio2)
-
-
-# ----------------------------------------------------------------------------------------- stream
 
 
 def _buffer_shuffle(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:

@@ -80,7 +80,7 @@ def read_clips(shard_folder: str | Path) -> list:
     """Every sample of a shard folder as :class:`avssl.shards.Clip`, in shard order."""
     import webdataset as wds
 
-    from .data import resolve_shards
+    from .shardset import resolve_shards
     from .shards import decode_sample
 
     urls = resolve_shards(shard_folder).urls
@@ -97,7 +97,7 @@ def retrieval(model: torch.nn.Module, cfg: Config, clips: list, *, labels: list[
     first five), ``class_top1`` (the first video has the query's label; with ``labels``),
     ``chance_top1``/``chance_top5``, ``ranks int[N]``, ``similarity float32[N, N]`` (cosine).
     """
-    from .data import crop_clip
+    from .crops import crop_clip
 
     sr, fps, crop = cfg.audio.sample_rate, cfg.video.fps, cfg.data.crop_seconds
     model.eval()

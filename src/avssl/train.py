@@ -188,7 +188,7 @@ def pretrain(
     """Pretrain on the shards at ``data`` into the run folder ``out``; return ``out/checkpoint.pt``.
 
     Runs ``cfg.train.steps`` optimizer steps (continuing from ``out/checkpoint.pt`` when ``resume``).
-    ``data`` and ``manifest`` are as in :func:`avssl.data.resolve_shards`.
+    ``data`` and ``manifest`` are as in :func:`avssl.shardset.resolve_shards`.
     Stops early, after saving a checkpoint, on SIGTERM/SIGINT or after ``max_seconds`` seconds
     of training. Under ``torchrun`` every rank calls this; only rank 0 writes files.
     Raises :class:`avssl.config.ConfigError`, :class:`avssl.data.DataError` or
