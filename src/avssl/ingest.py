@@ -30,29 +30,20 @@ import pickle
 import re
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .audio import MEDIA_SUFFIXES  # noqa: F401  (the shared set, used through avssl.inputs)
 from .config import Config, load_config, save_config
 from .inputs import Item, collect_items, media_files, read_segments  # noqa: F401  (re-exported)
-from .shards import MANIFEST, SCHEMA_VERSION, Clip, ShardWriter, encode_sample, write_atomic
+from .ingest_progress import STATE_DIR, ItemResult, NodeShards, load_state, merge_manifest, state_path
+from .shards import SCHEMA_VERSION, Clip, encode_sample
 from .video import ClipReader, MediaError
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".ingest"
 MIN_SECONDS_TOLERANCE = 0.01  # container timestamps are often rounded to 1 ms per frame
 SCHEDULE_WINDOW = 64  # items a worker pool may take out of order (their spool files wait on disk)
-
-
-@dataclass
-class ItemResult:
-    """What one item produced: samples in its spool file (seconds of each), or why it was skipped."""
-
-    seconds: list[float] = field(default_factory=list)
-    skipped: dict[str, str] | None = None
-    dropped_short: int = 0
 
 
 # ----------------------------------------------------------------------------- one item
@@ -112,15 +103,6 @@ def _spool_item(item: Item, cfg: Config, spool: Path, threads: int) -> ItemResul
     return result
 
 
-def _read_spool(spool: Path) -> Iterator[dict[str, bytes]]:
-    with open(spool, "rb") as f:
-        while True:
-            try:
-                yield pickle.load(f)
-            except EOFError:
-                return
-
-
 def _remove_spools(out: Path, rank: int) -> None:
     for folder in (out / STATE_DIR).glob(f"spool-{rank:04d}-*"):
         shutil.rmtree(folder, ignore_errors=True)
@@ -154,70 +136,6 @@ def _params(cfg: Config, num_nodes: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _state_path(out: Path, rank: int, num_nodes: int) -> Path:
-    return out / STATE_DIR / f"node-{rank:04d}-of-{num_nodes:04d}.json"
-
-
-def _load_state(out: Path, rank: int, num_nodes: int, params: dict, inputs_sha: str) -> dict[str, Any]:
-    """This node's progress (fresh when none); drop shards whose file vanished and stale temp files."""
-    path = _state_path(out, rank, num_nodes)
-    fresh = {"params": params, "inputs_sha1": inputs_sha, "shards": [], "tail": [], "complete": False}
-    if not path.is_file():
-        return fresh
-    state = json.loads(path.read_text())
-    for name, want in (("parameters", params), ("inputs", inputs_sha)):
-        have = state["params"] if name == "parameters" else state["inputs_sha1"]
-        if have != want:
-            raise ValueError(
-                f"{out} holds an ingest with different {name} ({have} vs {want}); "
-                "re-run with the original command, or use a new --out folder"
-            )
-    kept = []
-    for shard in state["shards"]:
-        if not (out / shard["name"]).is_file():
-            log.warning("%s is listed as finished but missing; re-ingesting from there", out / shard["name"])
-            break
-        kept.append(shard)
-    if len(kept) < len(state["shards"]):
-        state.update(shards=kept, tail=[], complete=False)
-    return state
-
-
-def _shard_name(index: int, rank: int, num_nodes: int) -> str:
-    return f"{index * num_nodes + rank:06d}.tar"
-
-
-def _merge_manifest(out: Path, num_nodes: int) -> dict[str, Any] | None:
-    """Write ``manifest.json`` from all node progress files once every node is complete."""
-    states = []
-    for rank in range(num_nodes):
-        path = _state_path(out, rank, num_nodes)
-        if not path.is_file():
-            return None
-        state = json.loads(path.read_text())
-        if not state["complete"]:
-            return None
-        states.append(state)
-    shards = sorted((s for st in states for s in st["shards"]), key=lambda s: s["name"])
-    skipped = [e for st in states for s in st["shards"] + [{"skipped": st["tail"]}] for e in s["skipped"]]
-    skipped += [e for st in states for e in st.get("unreadable", [])]
-    seconds = sum(s["seconds"] for s in shards)
-    manifest = {
-        "version": SCHEMA_VERSION,
-        "params": states[0]["params"],
-        "shards": [{"name": s["name"], "samples": s["samples"], "seconds": s["seconds"]} for s in shards],
-        "total_samples": sum(s["samples"] for s in shards),
-        "total_hours": seconds / 3600.0,
-        "ingested_inputs": sum(s["inputs"] for s in shards),
-        "dropped_short_clips": sum(s["dropped_short"] for st in states for s in st["shards"])
-        + sum(st.get("tail_dropped_short", 0) for st in states),
-        "skipped": skipped,
-        "skipped_by_reason": dict(sorted(Counter(e["reason"] for e in skipped).items())),
-    }
-    write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())
-    return manifest
-
-
 # ----------------------------------------------------------------------------- driver
 
 
@@ -248,7 +166,7 @@ def ingest(
     items = all_items[node_rank::num_nodes]
     inputs_sha = hashlib.sha1(json.dumps([[it.path, it.start, it.duration] for it in items]).encode()).hexdigest()
     params = _params(cfg, num_nodes)
-    state = _load_state(out, node_rank, num_nodes, params, inputs_sha)
+    state = load_state(out, node_rank, num_nodes, params, inputs_sha)
     state["unreadable"] = unreadable if node_rank == 0 else []
     next_item, next_clip = state["shards"][-1]["next"] if state["shards"] else (0, 0)
     finished = {s["name"] for s in state["shards"]}
@@ -263,7 +181,7 @@ def ingest(
         _remove_spools(out, node_rank)  # an interrupted run's
         spool_dir = out / STATE_DIR / f"spool-{node_rank:04d}-{os.getpid()}"  # not shared with its stray workers
         spool_dir.mkdir(exist_ok=True)
-        shards = _NodeShards(out, state, _state_path(out, node_rank, num_nodes), node_rank, num_nodes,
+        shards = NodeShards(out, state, state_path(out, node_rank, num_nodes), node_rank, num_nodes,
                              cfg.ingest.samples_per_shard)  # fmt: skip
         bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="ingest")
         for offset, (result, spool) in enumerate(_run(todo, cfg, workers, spool_dir)):
@@ -273,7 +191,7 @@ def ingest(
         bar.close()
         shards.finish(len(items))
         _remove_spools(out, node_rank)
-    manifest = _merge_manifest(out, num_nodes)
+    manifest = merge_manifest(out, num_nodes)
     summary = manifest or {
         "complete": False, "total_samples": sum(s["samples"] for s in state["shards"]),
         "skipped": [e for s in state["shards"] for e in s["skipped"]] + state["tail"] + state["unreadable"],
@@ -330,59 +248,6 @@ def _schedule(items: list[Item]) -> list[int]:
     return order
 
 
-class _NodeShards:
-    """This node's shards: samples go into the open shard; a full shard is closed (fsynced, renamed) and
-    then recorded in the node's progress file with the position of the next sample."""
-
-    def __init__(self, out: Path, state: dict, state_path: Path, rank: int, num_nodes: int, per_shard: int):
-        self.out, self.state, self.state_path = out, state, state_path
-        self.rank, self.num_nodes, self.per_shard = rank, num_nodes, per_shard
-        self._reset()
-
-    def _reset(self) -> None:
-        self.writer: ShardWriter | None = None
-        self.seconds, self.skipped, self.dropped_short, self.inputs = 0.0, [], 0, 0
-
-    @property
-    def total(self) -> int:
-        """Samples written so far (finished shards and the open one)."""
-        return sum(s["samples"] for s in self.state["shards"]) + (self.writer.samples if self.writer else 0)
-
-    def add_item(self, idx: int, first: int, result: ItemResult, spool: Path) -> None:
-        """Item ``idx``'s samples from ``first`` on (earlier ones are in finished shards), then its spool is removed."""
-        if result.skipped:
-            self.skipped.append(result.skipped)
-        n = len(result.seconds)
-        if n <= first:
-            self.dropped_short += result.dropped_short
-        for j, sample in enumerate(_read_spool(spool) if n > first else ()):
-            if j < first:
-                continue
-            if self.writer is None:
-                self.writer = ShardWriter(self.out / _shard_name(len(self.state["shards"]), self.rank, self.num_nodes))
-            self.writer.add(sample)
-            self.seconds += result.seconds[j]
-            if j == n - 1:
-                self.inputs += 1
-                self.dropped_short += result.dropped_short
-            if self.writer.samples >= self.per_shard:
-                self._close((idx + 1, 0) if j == n - 1 else (idx, j + 1))
-        spool.unlink(missing_ok=True)
-
-    def _close(self, next_pos: tuple[int, int]) -> None:
-        self.writer.close()
-        self.state["shards"].append({"name": self.writer.path.name, "samples": self.writer.samples,
-                                     "seconds": self.seconds, "next": list(next_pos), "skipped": self.skipped,
-                                     "dropped_short": self.dropped_short, "inputs": self.inputs})  # fmt: skip
-        write_atomic(self.state_path, json.dumps(self.state).encode())
-        self._reset()
-
-    def finish(self, num_items: int) -> None:
-        """All items are in: close the open shard and mark this node complete."""
-        if self.writer is not None:
-            self._close((num_items, 0))
-        self.state.update(tail=self.skipped, tail_dropped_short=self.dropped_short, complete=True)
-        write_atomic(self.state_path, json.dumps(self.state).encode())
 def _log_summary(summary: dict[str, Any], out: Path) -> None:
     reasons = Counter(e["reason"] for e in summary["skipped"])
     log.info(
