@@ -68,6 +68,12 @@ def test_long_nested_dotted_unicode_names(tmp_path):
         with tarfile.open(url) as tar:
             assert all(len(m.name) <= 100 and not m.pax_headers for m in tar.getmembers())
 
+    # the same files through a list file (its lines are file-system bytes, not necessarily UTF-8)
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(b"".join(os.fsencode(p) + b"\n" for p in sources) + b"in/missing.mp4\n")
+    m = ingest([listed], tmp_path / "from_list", _cfg(), workers=1, progress=False)
+    assert m["total_samples"] == len(sources) and [e["reason"] for e in m["skipped"]] == ["unreadable"]
+
 
 def test_unexpected_error_is_a_skip(tmp_path, monkeypatch):
     """An input that raises anything (here after its first clip) is skipped with reason 'error'; no clip of it stays."""

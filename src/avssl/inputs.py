@@ -119,7 +119,12 @@ def collect_items(inputs: list[str | Path]) -> tuple[list[Item], list[dict[str, 
         elif p.suffix.lower() == ".csv":
             csvs.append(p)
         elif p.suffix.lower() in LIST_SUFFIXES:
-            for line in p.read_text().splitlines():
+            try:
+                lines = p.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+            except OSError as e:
+                skipped.append({"path": str(p), "reason": "unreadable", "detail": f"list file: {e}"})
+                lines = []
+            for line in lines:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     f = Path(line) if Path(line).is_absolute() else p.parent / line
