@@ -114,4 +114,8 @@ def test_bad_grid_or_recipe_fails_before_any_work(world, tmp_path, caplog):
     assert "unknown config key 'augment.nope'" in caplog.text
     assert _sweep(world, tmp_path / "b", "no-such-recipe") == 2
     assert "recipes: batch-mixing, modality, resolution" in caplog.text
+    shards, _ = world
+    assert main(["sweep", "--grid", "augment.mix=none", "--data", str(shards), "--tasks", "no-such-task",
+                 "--out", str(tmp_path / "c"), *BASE]) == 2
+    assert "unknown task 'no-such-task'" in caplog.text
     assert not list(tmp_path.glob("*/cells"))

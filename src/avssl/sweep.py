@@ -362,8 +362,12 @@ def run_sweep(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
-    records = sweep(cells, data, tasks, args.data_root or default_data_root(), args.out, only=args.cell,
-                    probe_seeds=args.probe_seeds, progress=not args.no_progress)
+    try:
+        records = sweep(cells, data, tasks, args.data_root or default_data_root(), args.out, only=args.cell,
+                        probe_seeds=args.probe_seeds, progress=not args.no_progress)
+    except (KeyError, FileNotFoundError) as e:  # an unknown task or missing task data: nothing has run yet
+        log.error("avssl sweep: %s", e)
+        return 2
     failed = [r for r in records if r.get("status") == "failed"]
     for r in failed:
         log.error("failed: %s (seed %s): %s", r["name"], r["seed"], r["error"])
