@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from avssl.cli import main as cli_main
 from avssl.config import Config, ConfigError, load_config
 from avssl.data import DataError
 from avssl.models import build_model
-from avssl.train import embedding_metrics, lr_factor, pretrain
+from avssl.train import embedding_metrics, pretrain
 from test_data import FPS, SIZE, SR, planted_clip, write_shards
 
 BASE = [f"audio.sample_rate={SR}", f"video.fps={FPS}", f"video.size={SIZE}", "data.crop_seconds=0.5",
@@ -64,7 +65,8 @@ def test_end_to_end_outputs(full_run):
     for r in metrics:
         assert all(math.isfinite(r[k]) for k in LOSS_KEYS)
         assert math.isclose(r["loss"], sum(r[k] for k in LOSS_KEYS[1:]), rel_tol=1e-5)
-        assert 0 <= r["retrieval/a2v_top1"] <= 1 and 0 <= r["data_wait"] <= 1 and r["clips_per_s"] > 0
+        assert 4 * r["retrieval/a2v_top1"] in (0, 1, 2, 3, 4)  # a share of one batch of 4 clips
+        assert 0 <= r["data_wait"] <= 1 and r["clips_per_s"] > 0  # timings: only their range is known
         assert {"align/spec-video", "uniform/spec", "uniform/video", "lr", "grad_norm", "epoch"} <= set(r)
     assert metrics[0]["lr"] < metrics[2]["lr"]  # warm-up (5 steps in the tiny preset)
     assert [r["epoch"] for r in metrics] == [0, 0, 0, 0, 1, 1]  # 16 clips / batch 4
@@ -258,10 +260,18 @@ def test_failed_save_keeps_the_previous_checkpoint(full_run, tmp_path, monkeypat
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_pretrain_on_cuda_bf16_channels_last(shards, tmp_path):
+    """The bf16 CUDA run follows the fp32 CPU run of the same config, data and seed (bf16 rounding aside)."""
     cfg = load_config("tiny", BASE + ["train.steps=3", "data.num_workers=1", "train.channels_last=true"])
     path = pretrain(cfg, shards, tmp_path / "gpu", progress=False)  # precision auto: bf16 autocast on CUDA
-    assert all(math.isfinite(r["loss"]) for r in rows(tmp_path / "gpu"))
     assert load_checkpoint(path)["step"] == 3
+    cpu = load_config("tiny", BASE + ["train.steps=3", "data.num_workers=1", "train.precision=fp32"])
+    with mock.patch("torch.cuda.is_available", lambda: False):  # the same code path, on the CPU
+        pretrain(cpu, shards, tmp_path / "cpu", progress=False)
+    gpu_rows, cpu_rows = rows(tmp_path / "gpu"), rows(tmp_path / "cpu")
+    assert [r["step"] for r in gpu_rows] == [r["step"] for r in cpu_rows] == [1, 2, 3]
+    for g, c in zip(gpu_rows, cpu_rows):  # same batches and initial weights: only the arithmetic differs
+        for k in LOSS_KEYS:
+            assert g[k] == pytest.approx(c[k], rel=0.05), (k, g, c)
 
 
 def test_ablations_audio_only_two_crop_mixing_lars(shards, tmp_path):
@@ -309,11 +319,7 @@ def test_pretrain_on_ingested_videos(tmp_path):
     assert [r["step"] for r in rows(tmp_path / "run")] == [1, 2]
 
 
-def test_lr_schedule_and_embedding_metrics():
-    f = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(20)]
-    assert f[:4] == [0.25, 0.5, 0.75, 1.0] and f[4] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(f[4:], f[5:])) and f[-1] > 0.1
-    assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
+def test_embedding_metrics():  # the schedule: tests/test_optim.py
     z = torch.nn.functional.one_hot(torch.arange(4), 8).float()
     m = embedding_metrics({"spec": z, "video": 3 * z})  # same directions: perfect retrieval, zero distance
     assert m["retrieval/a2v_top1"] == 1 and m["align/spec-video"] == pytest.approx(0)
