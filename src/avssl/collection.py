@@ -131,12 +131,15 @@ def _node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]
     return num_nodes, node_rank
 
 
+SETTING_DEFAULTS = {"int8": False}  # settings added later: what folders written before them used
+
+
 def _check_settings(out_dir: Path, settings: dict, **info: Any) -> None:
     """Write ``out_dir/embed.json`` on the first run; on later runs (resume) refuse other ``settings``."""
     path = out_dir / "embed.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        if {k: old.get(k) for k in settings} != settings:
+        if {k: old.get(k, SETTING_DEFAULTS.get(k)) for k in settings} != settings:
             raise ValueError(f"{out_dir} holds embeddings made with other settings or another checkpoint ({path}: "
                              f"{old}); use a new --out folder or delete the old one")
         return
@@ -152,7 +155,7 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
                      view: str = "spec", device: str | None = None, timestamps: bool = False, hop: float = 0.1,
                      overlap: float = 0.5, num_nodes: int | None = None, node_rank: int | None = None,
                      workers: int = 1, threads: int | None = None, progress: bool = True,
-                     features: str | None = None) -> list[dict]:
+                     features: str | None = None, int8: bool = False) -> list[dict]:
     """Embed every file in ``inputs`` (see :func:`collect_inputs`) into ``out_dir``; return the index rows.
 
     One ``.npz`` per input under ``out_dir/embeddings/`` with ``embedding`` float32[D], ``seconds`` (the
@@ -161,19 +164,20 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     split) has one row per input: ``input``, ``output``, ``status`` (``ok``, ``done`` = kept from an earlier
     run, ``skipped``), ``reason``. Existing outputs made from the same input are kept (resume). Inputs are
     split ``node_rank::num_nodes`` across processes. ``workers`` decoding processes run beside the tower;
-    ``threads`` sets the tower's torch threads (default: the cores left after the ``workers``, at least 1).
+    ``threads`` sets the tower's torch threads (default: the cores left after the ``workers``, at least 1);
+    ``int8`` runs the tower in int8 (:func:`avssl.embed.quantize_int8`).
     """
     out_dir = Path(out_dir)
     num_nodes, node_rank = _node_split(num_nodes, node_rank)
     if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     torch.set_num_threads(int(threads) if threads else tower_threads(workers))
-    embedder = load_model(checkpoint, device=device, view=view, overlap=overlap, features=features)
+    embedder = load_model(checkpoint, device=device, view=view, overlap=overlap, features=features, int8=int8)
     _check_settings(out_dir, {"features": embedder.features,
         "checkpoint_sha1": file_sha1(checkpoint), "view": view, "timestamps": timestamps,
         "hop": hop if timestamps else None, "sample_rate": embedder.sample_rate, "embedding_dim": embedder.embedding_dim,
         "window_seconds": embedder.window / embedder.sample_rate, "overlap": 1 - embedder.window_hop / embedder.window,
-    }, checkpoint=str(Path(checkpoint).resolve()))
+        "int8": int8}, checkpoint=str(Path(checkpoint).resolve()))
 
     items = collect_inputs(inputs)[node_rank::num_nodes]
     rows, todo = [], []

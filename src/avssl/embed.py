@@ -22,7 +22,9 @@ else is in the batch):
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -260,10 +262,55 @@ def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(x if x.dtype == np.float32 else pcm_to_float(x))
 
 
+def quantize_int8(tower: nn.Module, window: int, sample_rate: int) -> nn.Module:
+    """A CPU copy of ``tower`` whose blocks run in int8: static quantisation with torch's x86 kernels (weights
+    per channel; activation scales calibrated once, here, on :func:`calibration_audio`, so embeddings stay
+    deterministic and batch-invariant). The front-end (log-mel, input BatchNorm, stem) stays float32; each
+    block is quantised on its own, so ``forward_layers`` still sees every block's output."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    q = copy.deepcopy(tower).cpu().eval()
+    seen: list[torch.Tensor] = []
+    hook = q.blocks.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.inference_mode():
+        q.forward_features(calibration_audio(window, sample_rate))
+    hook.remove()
+    h = seen[0].clone()
+    qconfig = get_default_qconfig_mapping("x86")
+    for i, block in enumerate(q.blocks):
+        if not any(True for _ in block.parameters()):  # pooling between blocks stays float32
+            h = block(h)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notes (see docs/embedding.md)
+            prepared = prepare_fx(block, qconfig, example_inputs=(h,))
+            with torch.no_grad():
+                prepared(h)  # calibration: the observers record activation ranges
+                h = block(h)
+            q.blocks[i] = convert_fx(prepared)
+    return q
+
+
+def calibration_audio(window: int, sample_rate: int) -> torch.Tensor:
+    """A fixed set of 16 windows ``float32[16, window]`` spanning quiet to loud: white and brown noise at
+    log-spaced levels and pure tones, for int8 calibration (seeded, so every load calibrates alike)."""
+    g = torch.Generator().manual_seed(0)
+    levels = torch.logspace(-3, -0.3, 6)[:, None]
+    white = torch.randn(6, window, generator=g) * levels
+    brown = torch.randn(6, window, generator=g).cumsum(1)
+    brown = brown / brown.abs().amax(1, keepdim=True) * levels
+    t = torch.arange(window) / sample_rate
+    tones = torch.stack([0.3 * torch.sin(2 * torch.pi * f * t) for f in (110.0, 440.0, 1760.0, 5000.0)])
+    return torch.cat([white, brown, tones]).clamp(-1, 1).float()
+
+
 def load_model(path: str | Path, device: str | torch.device | None = None, view: str = "spec",
-               **kwargs: Any) -> Embedder:
+               int8: bool = False, **kwargs: Any) -> Embedder:
     """Load a checkpoint's ``view`` audio tower as an :class:`Embedder` on ``device`` (default: CUDA if
-    available, else CPU). Only that tower is built. ``kwargs`` go to :class:`Embedder`."""
+    available, else CPU). Only that tower is built. ``int8``: run the tower's blocks in int8 on the CPU
+    (:func:`quantize_int8`; faster, slightly different embeddings: see docs/benchmarks-embed.md).
+    ``kwargs`` go to :class:`Embedder`."""
     state = load_checkpoint(path)
     cfg = Config.from_dict(state["config"])
     if view not in cfg.model.views:
@@ -272,8 +319,13 @@ def load_model(path: str | Path, device: str | torch.device | None = None, view:
     prefix = f"towers.{view}."
     tower_state = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
     model.towers[view].load_state_dict(tower_state)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return Embedder.from_model(model, cfg, view, **kwargs).to(device)
+    device = torch.device(device or ("cpu" if int8 else "cuda" if torch.cuda.is_available() else "cpu"))
+    if int8 and device.type != "cpu":
+        raise ValueError(f"int8=True runs on the CPU only; got device={device}")
+    embedder = Embedder.from_model(model, cfg, view, **kwargs).to(device)
+    if int8:
+        embedder.tower = quantize_int8(embedder.tower, embedder.window, embedder.sample_rate)
+    return embedder
 
 
 # -- CLI: avssl embed (the work is in avssl.collection) ------------------------------------------------------
@@ -296,6 +348,7 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
                    help="decoding processes running beside the tower (default 1; 0 = decode in between)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the tower (default: the cores left after --workers, at least 1)")
+    p.add_argument("--int8", action="store_true", help="run the tower in int8 on the CPU (faster; see docs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -305,5 +358,5 @@ def run_embed(args: argparse.Namespace) -> int:
     rows = embed_collection(args.checkpoint, args.inputs, args.out, view=args.view, device=args.device,
                             timestamps=args.timestamps, hop=args.hop, overlap=args.overlap, num_nodes=args.num_nodes,
                             node_rank=args.node_rank, workers=args.workers, threads=args.threads,
-                            progress=not args.no_progress, features=args.features)
+                            progress=not args.no_progress, features=args.features, int8=args.int8)
     return 0 if any(r["status"] != "skipped" for r in rows) or not rows else 1
