@@ -134,6 +134,10 @@ def test_frame_augment_flip_gain_and_range():
     assert ((ratio >= 10 ** (-6 / 20) - 1e-4) & (ratio <= 10 ** (6 / 20) + 1e-4)).all()
     jit = augment(batch, AugmentConfig(color_jitter=0.4), _gen(1), 0.125, 1600, 16)
     assert jit.frames.min() >= 0 and jit.frames.max() <= 1
+    plain = augment(batch, AugmentConfig(color_jitter=0.0), _gen(1), 0.125, 1600, 16)
+    assert (jit.frames - plain.frames).abs().max() > 0.01  # the jitter changes the colours...
+    torch.testing.assert_close(augment(batch, AugmentConfig(color_jitter=0.4), _gen(1), 0.125, 1600, 16).frames,
+                               jit.frames)  # ...as a function of the generator
 
 
 def test_random_resized_crop_zooms_into_the_frame():

@@ -224,6 +224,8 @@ def test_random_init_is_seeded_and_probeable(tmp_path):
     ea, eb = a.encoder.embed(clips, SR), b.encoder.embed(clips, SR)
     np.testing.assert_allclose(ea, eb, rtol=1e-5, atol=1e-6)
     assert ea.shape == (2, a.encoder.embedding_dim) and np.isfinite(ea).all()
+    other = resolve_model("random-init:tiny", seed=1).encoder.embed(clips, SR)  # another seed, other weights
+    assert np.abs(other - ea).max() > 1e-3
 
 
 def test_checkpoint_beside_its_baselines(tmp_path):
@@ -337,6 +339,8 @@ def test_random_init_of_a_yaml_config_and_feature_choice(tmp_path):
     assert layers.cache_id == pooled.cache_id + "-layers"
     clip = np.random.default_rng(0).normal(size=SR).astype(np.float32) * 0.1
     assert pooled.encoder.embed([clip], SR).shape[1] == pooled.encoder.embedding_dim == 64
+    np.testing.assert_array_equal(pooled.encoder.embed([clip], SR),
+                                  resolve_model("random-init:tiny").encoder.embed([clip], SR))
     assert layers.encoder.embed([clip], SR).shape[1] == layers.encoder.embedding_dim > 64
 
 

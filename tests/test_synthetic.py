@@ -174,3 +174,15 @@ def test_note_names_and_errors():
         class_table(11)
     with pytest.raises(ValueError, match="even"):
         generate_world("/nonexistent", num_classes=2, clips_per_class=2, seconds=1.0, size=33)
+
+
+def test_labels_hold_the_drawn_clip_parameters(world):
+    """Each row of labels.csv is the clip's own draw: ``sample_clip_params`` on its ``(seed, class, index)`` generator."""
+    specs = class_table(4)
+    for r in read_labels(world)[::7]:
+        k, index = int(r["class_index"]), int(r["clip_id"].rsplit("-", 1)[1])
+        p = sample_clip_params(np.random.default_rng([3, k, index]), 2.0, specs[k])
+        assert r["clip_id"] == f"s3-{k:02d}-{index:04d}" and r["label"] == specs[k].label == specs[k].timbre
+        assert float(r["pitch_hz"]) == round(p.pitch_hz, 3) and float(r["tempo_hz"]) == round(p.tempo_hz, 4)
+        assert r["onsets"] == ";".join(f"{t:.4f}" for t in p.onsets) and int(r["distractors"]) == p.distractors
+        assert (r["shape"], r["colour"], r["texture"]) == (specs[k].shape, specs[k].colour, specs[k].texture)
