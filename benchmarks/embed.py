@@ -32,7 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from avssl.audio import LogMel
 from avssl.config import AudioConfig, load_config
-from avssl.embed import Embedder, export_onnx
+from avssl.embed import Embedder
+from avssl.export import export_onnx
 from avssl.models import build_model
 
 CLIP_SECONDS = 10.0

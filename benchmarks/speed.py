@@ -11,13 +11,14 @@ Cases per preset (random-init ``tiny`` and ``small`` checkpoints built here from
 
 * ``tower``: ``tower(x)`` on the windows ``embed()`` cuts from ``CLIPS`` clips of ``CLIP_SECONDS`` (half-window
   overlap), ``batch_size`` windows per call, as one tensor prepared beforehand (the bare-tower baseline);
-* ``embed()``, ``embed_timestamps()``, ``embed_with_timestamps()`` on those clips (numpy in);
+* ``embed()``, ``embed_timestamps()``, ``embed_with_timestamps()`` on those clips (numpy in); ``embed() int8``
+  with ``load_model(..., int8=True)`` (its GFLOP/s counts the float32 tower's FLOPs: an equivalent rate);
 * ``hear scene`` / ``hear timestamps``: the HEAR functions on the same clips (torch tensor in);
 * ``onnx``: the exported tower (``avssl.export``) under onnxruntime on the same windows, with the runtime's
   default session options (``onnx default``) and with ``avssl.export.onnx_session`` (``onnx tuned``);
 * ``avssl embed``: the command line end to end (a fresh process: start-up, decoding, resampling, tower,
-  writing) over ``--files`` real Opus files from the shared data, with ``--workers 1`` (decoding overlapped)
-  and ``--workers 0`` (decoding in between).
+  writing) over ``--files`` real Opus files from the shared data, with each ``--cli-workers`` value
+  (``--workers 0``: decoding in between; 1 or more: decoding overlapped in background processes).
 
 Usage: ``python benchmarks/speed.py [--presets tiny small] [--threads 1 2] [--repeats 3] [--files 300]
 [--data-root ../shared/data] [--out FILE]``. Prints a markdown table and one JSON line.
@@ -99,6 +100,7 @@ def tower_flops(e: Embedder) -> float:
 def in_process_cases(preset: str, ckpt: Path, threads: int, tmp: Path) -> list[Case]:
     """tower / embed() / timestamps / HEAR / ONNX cases of one preset on ``threads`` threads."""
     e = load_model(ckpt, device="cpu")
+    q = load_model(ckpt, device="cpu", int8=True)
     h = hear.HearModel(e)
     sr = e.sample_rate
     clips = (np.random.default_rng(0).standard_normal((CLIPS, int(CLIP_SECONDS * sr))) * 0.1).astype(np.float32)
@@ -131,6 +133,7 @@ def in_process_cases(preset: str, ckpt: Path, threads: int, tmp: Path) -> list[C
     return [
         Case(base, threads, tower, secs, flops, base),
         Case(p + "embed()", threads, lambda: e.embed(clips, sr), secs, flops, base),
+        Case(p + "embed() int8", threads, lambda: q.embed(clips, sr), secs, flops, base),
         Case(p + "embed_timestamps()", threads, lambda: e.embed_timestamps(clips, sr), secs, flops, base),
         Case(p + "embed_with_timestamps()", threads, lambda: e.embed_with_timestamps(clips, sr), secs, flops, base),
         Case(p + "hear scene", threads, lambda: hear.get_scene_embeddings(audio_t, h), secs, flops, base),
