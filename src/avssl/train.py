@@ -3,7 +3,8 @@
 ``pretrain(cfg, data, out)`` streams shards (:mod:`avssl.data`), augments and mixes on the device
 (:mod:`avssl.augment`), embeds every view of ``cfg.model.views`` (:mod:`avssl.models`) and sums the
 named InfoNCE losses of ``cfg.loss.pairs`` (:mod:`avssl.losses`, which gathers negatives across
-ranks). The same loop runs audio-visual (``spec``/``wave``/``video``), audio-only multi-format
+ranks); one optimizer step of one rank is :class:`avssl.trainer.Trainer`, the optimizer and schedule
+:mod:`avssl.optim`. The same loop runs audio-visual (``spec``/``wave``/``video``), audio-only multi-format
 (``spec-wave``) and audio-only two-crop (a pair of one view with itself, e.g. ``spec-spec``: two
 independent crops of each clip's audio) runs, with or without mixing.
 
