@@ -243,7 +243,7 @@ class Embedder(nn.Module):
 
     def embed_files(self, paths: Sequence[str | Path], progress: bool = True) -> np.ndarray:
         """Clip embeddings ``float32[len(paths), D]`` of audio or video files; raises ``AudioDecodeError``
-        naming the first file that cannot be decoded (use :func:`embed_collection` to skip bad files)."""
+        naming the first file that cannot be decoded (use :func:`avssl.collection.embed_collection` to skip bad files)."""
         out = np.zeros((len(paths), self.embedding_dim), np.float32)
         for i, p in enumerate(tqdm(paths, desc="embed", unit="file", disable=not progress)):
             out[i] = self.embed(load_audio(p, self.sample_rate), self.sample_rate)[0]
@@ -326,6 +326,16 @@ def load_model(path: str | Path, device: str | torch.device | None = None, view:
     if int8:
         embedder.tower = quantize_int8(embedder.tower, embedder.window, embedder.sample_rate)
     return embedder
+
+
+def __getattr__(name: str) -> Any:
+    """Names that moved out of this module stay importable from it (``avssl.embed.embed_collection``, ...)."""
+    moved = {"embed_collection": "collection", "collect_inputs": "collection", "export_onnx": "export"}
+    if name in moved:
+        import importlib
+
+        return getattr(importlib.import_module(f"avssl.{moved[name]}"), name)
+    raise AttributeError(f"module 'avssl.embed' has no attribute {name!r}")
 
 
 # -- CLI: avssl embed (the work is in avssl.collection) ------------------------------------------------------
