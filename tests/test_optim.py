@@ -74,3 +74,4 @@ def test_build_schedule_follows_lr_factor():
         opt.step()
         schedule.step()
     assert seen == pytest.approx([0.2 * lr_factor(s, 2, 10, cfg.optim.min_lr_ratio) for s in range(12)])
+

@@ -352,3 +352,13 @@ def test_spec_masks_differ_per_rank():
         return torch.stack([mask(x) for _ in range(3)])
 
     assert torch.equal(masks(0), masks(0)) and not torch.equal(masks(0), masks(1))
+
+
+def test_trainer_checks_a_config_built_in_code():
+    from dataclasses import replace
+
+    from avssl.trainer import Trainer
+
+    cfg = load_config("tiny")
+    with pytest.raises(ConfigError, match=r"train\.precision='fp16'; use one of auto, bf16, fp32"):
+        Trainer(replace(cfg, train=replace(cfg.train, precision="fp16")), torch.device("cpu"))

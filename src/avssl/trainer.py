@@ -18,7 +18,7 @@ from torch import nn
 
 from . import distributed as dist
 from .augment import augment, mix
-from .config import Config, ConfigError
+from .config import Config, ConfigError, check_choices
 from .data import Batch
 from .losses import AUDIO_VIEWS, SECOND_CROP, ContrastiveLoss, parse_pair
 from .models import build_model
@@ -98,8 +98,7 @@ class Trainer:
     def __init__(
         self, cfg: Config, device: torch.device, *, rank: int = 0, world: int = 1, local_rank: int = 0
     ) -> None:
-        if cfg.train.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"train.precision={cfg.train.precision!r}; use auto, bf16 or fp32")
+        check_choices(cfg)  # a Config built in code, not loaded, is checked here (train.precision, optim.name, ...)
         self.cfg, self.device, self.world = cfg, device, world
         self.two_crop = plan_views(cfg)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
