@@ -119,3 +119,23 @@ def test_bad_grid_or_recipe_fails_before_any_work(world, tmp_path, caplog):
                  "--out", str(tmp_path / "c"), *BASE]) == 2
     assert "unknown task 'no-such-task'" in caplog.text
     assert not list(tmp_path.glob("*/cells"))
+
+
+def test_lock_of_a_dead_process_is_taken_over(world, tmp_path):
+    """A run folder locked by a process that was killed (its pid is gone) is trained, not waited on."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "sweep"
+    assert _sweep(world, out, "--grid", "augment.mix=none") == 0
+    (run,) = out.glob("runs/*")
+    shutil.rmtree(run)
+    shutil.rmtree(out / "cells")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run.mkdir()
+    (run / ".lock").write_text(f"{socket.gethostname()} {gone.stdout.strip()}")  # as a killed process leaves it
+    assert _sweep(world, out, "--grid", "augment.mix=none") == 0
+    assert (run / "done.json").is_file() and not (run / ".lock").exists()
+    assert _cells(out)["augment.mix=none"]["steps"] == 2

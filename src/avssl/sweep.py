@@ -26,16 +26,18 @@ job array runs one cell per job; each job may itself run under ``torchrun``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
 import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 RECIPE_DIR = PRESET_DIR / "recipes"
 BASELINES = ("logmel-stats", "mfcc-stats")
 DEFAULT_CONFIG = "cpu"
+LOCK_POLL_SECONDS = 30.0
 
 
 class SweepStopped(KeyboardInterrupt):
@@ -208,6 +211,49 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _run_lock(run: Path) -> Iterator[None]:
+    """Hold ``run/.lock`` (``host pid``) while training ``run``: a process that finds it held waits (another
+    job is training the same run; its ``done.json`` is then reused). A lock left by a dead process on this
+    host is taken over. Under torchrun only the main process locks (the others wait for it in pretrain)."""
+    if not dist.is_main_process():
+        yield
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    lock, me = run / ".lock", f"{socket.gethostname()} {os.getpid()}"
+    waited = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            host, _, pid = (lock.read_text() if lock.exists() else "").partition(" ")
+            if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
+                log.warning("%s: taking over the lock of a process that is gone (%s)", run, pid.strip())
+                lock.unlink(missing_ok=True)
+                continue
+            if not waited:
+                log.info("%s is being trained by %s; waiting for it", run, f"{host} {pid}".strip())
+                waited = True
+            time.sleep(LOCK_POLL_SECONDS)
+    with os.fdopen(fd, "w") as f:
+        f.write(me)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def _pretrain(cell: Cell, data: str, out: Path, progress: bool) -> tuple[Path, dict[str, Any]]:
     """Train (or resume, or reuse) the cell's run; returns its checkpoint and compute figures."""
     from .checkpoint import load_checkpoint
@@ -216,11 +262,12 @@ def _pretrain(cell: Cell, data: str, out: Path, progress: bool) -> tuple[Path, d
 
     run = out / "runs" / train_key(cell.cfg, data)
     done = run / "done.json"
-    if done.is_file():
-        return run / CHECKPOINT, json.loads(done.read_text())
-    t0 = time.perf_counter()
-    ckpt = pretrain(cell.cfg, data, run, resume=(run / CHECKPOINT).exists(), progress=progress)
-    seconds = time.perf_counter() - t0
+    with _run_lock(run):  # cells that differ only in embed.* share this run: one process trains it
+        if done.is_file():
+            return run / CHECKPOINT, json.loads(done.read_text())
+        t0 = time.perf_counter()
+        ckpt = pretrain(cell.cfg, data, run, resume=(run / CHECKPOINT).exists(), progress=progress)
+        seconds = time.perf_counter() - t0
     steps = int(load_checkpoint(ckpt)["step"])
     if steps < cell.cfg.train.steps:  # SIGTERM/SIGINT: the run saved a checkpoint; stop the sweep, not just the cell
         raise SweepStopped(f"pretraining stopped at step {steps} of {cell.cfg.train.steps}; rerun the sweep to resume")
