@@ -415,6 +415,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     except (KeyError, FileNotFoundError) as e:  # an unknown task or missing task data: nothing has run yet
         log.error("avssl sweep: %s", e)
         return 2
+    except SweepStopped as e:
+        log.warning("avssl sweep: %s", e)
+        return 130
     failed = [r for r in records if r.get("status") == "failed"]
     for r in failed:
         log.error("failed: %s (seed %s): %s", r["name"], r["seed"], r["error"])
