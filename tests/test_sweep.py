@@ -4,6 +4,7 @@ grid reuses finished cells; a failing cell is recorded while the others finish; 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,11 @@ def test_grid_writes_every_output_and_reruns_nothing(world, tmp_path):
     after = _mtimes(out)
     assert {k: after[k] for k in before} == before and len(list(out.glob("runs/*/checkpoint.pt"))) == 3
     assert "augment.mix=mixback" in _cells(out)
+    other = tmp_path / "other-shards"  # the same grid on other data: new training cells, same baselines
+    shutil.copytree(world[0], other)
+    assert main(["sweep", "--grid", "augment.mix=none", "--data", str(other), "--tasks", f"csv:{world[1]}",
+                 "--out", str(out), *BASE]) == 0
+    assert len(list(out.glob("runs/*/checkpoint.pt"))) == 4 and len(list(out.glob("cells/*"))) == 7
 
 
 def test_failing_cell_is_recorded_and_the_others_finish(world, tmp_path):

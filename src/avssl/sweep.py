@@ -67,11 +67,12 @@ class Cell:
     cfg: Config
     overrides: dict[str, Any] = field(default_factory=dict)
     model: str = ""  # baselines: logmel-stats | mfcc-stats | random-init
+    data: str = ""  # training cells: the shards they pretrain on (part of the key: other data, other cell)
 
     @property
     def key(self) -> str:
         body = {"kind": self.kind, "model": self.model, "seed": self.seed, "config": self.cfg.to_dict()}
-        return _hash(body)
+        return _hash({**body, "data": self.data} if self.data else body)
 
 
 def _hash(obj: Any) -> str:
@@ -167,7 +168,7 @@ def expand(base: Config, recipe: dict[str, Any], grid: dict[str, list[Any]], see
     return variants
 
 
-def plan(base: Config, variants: list[tuple[str, dict]], seeds: int) -> list[Cell]:
+def plan(base: Config, variants: list[tuple[str, dict]], seeds: int, data: str = "") -> list[Cell]:
     """The cells, seed by seed so that a partial sweep already covers every variant: ``logmel-stats`` and
     ``mfcc-stats`` first, then for each seed a random-init of every distinct evaluated architecture
     among the variants (:func:`_audio_arch`) and the training cells (variant x seed)."""
@@ -184,7 +185,7 @@ def plan(base: Config, variants: list[tuple[str, dict]], seeds: int) -> list[Cel
             cells.append(Cell(label, "baseline", seed, cfg, flat, model="random-init"))
         for name, flat in variants:
             cfg = apply_overrides(base, _nested({**flat, "train.seed": seed}))
-            cells.append(Cell(name, "train", seed, cfg, flat))
+            cells.append(Cell(name, "train", seed, cfg, flat, data=data))
     return cells
 
 
@@ -392,7 +393,8 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("give a recipe (modality, resolution, batch-mixing, or a YAML file) or a --grid")
         base = apply_overrides(load_config(args.config), _nested(recipe.get("set", {})))
         base = apply_overrides(base, parse_set(list(args.set)))  # the user's --set wins over the recipe's
-        cells = plan(base, expand(base, recipe, parse_grid(args.grid), args.seeds), args.seeds)
+        data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+        cells = plan(base, expand(base, recipe, parse_grid(args.grid), args.seeds), args.seeds, data)
     except ConfigError as e:  # bad recipe, grid key or value: nothing has run yet
         log.error("avssl sweep: %s", e)
         return 2
@@ -408,7 +410,6 @@ def run_sweep(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
     try:
         records = sweep(cells, data, tasks, args.data_root or default_data_root(), args.out, only=args.cell,
                         probe_seeds=args.probe_seeds, progress=not args.no_progress)
