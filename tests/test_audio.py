@@ -108,15 +108,20 @@ def test_wav_fast_path_equals_ffmpeg_decode(tmp_path):
 
 
 def test_media_suffix_sets_are_shared_and_consistent(tmp_path):
-    from avssl import embed, ingest, tasks
+    """One suffix table (avssl.audio) and one media search (avssl.inputs.media_files), used by ingest,
+    embed collections and task folders alike."""
     from avssl.audio import AUDIO_SUFFIXES, LIST_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES
+    from avssl.inputs import media_files
+    from avssl.tasks import load_task
 
     assert not AUDIO_SUFFIXES & VIDEO_SUFFIXES and MEDIA_SUFFIXES == AUDIO_SUFFIXES | VIDEO_SUFFIXES
     assert not MEDIA_SUFFIXES & LIST_SUFFIXES and all(s == s.lower() and s.startswith(".") for s in MEDIA_SUFFIXES)
-    assert ingest.MEDIA_SUFFIXES is embed.MEDIA_SUFFIXES is tasks.MEDIA_SUFFIXES is MEDIA_SUFFIXES
     for name in ("a.WAV", "b.aiff", "c.mp4", "d.ts", ".hidden.wav", "e.txt", "f.npz"):
-        (tmp_path / name).touch()
-    assert [p.name for p in tasks._audio_files(tmp_path)] == ["a.WAV", "b.aiff", "c.mp4", "d.ts"]
+        (tmp_path / "cls" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "cls" / name).touch()
+    assert [p.name for p in media_files(tmp_path)] == ["a.WAV", "b.aiff", "c.mp4", "d.ts"]
+    task = load_task(f"folder:{tmp_path}")  # a folder task finds the same files
+    assert sorted(ex.path.name for ex in task.examples) == ["a.WAV", "b.aiff", "c.mp4", "d.ts"]
 
 
 def test_pcm_to_float_scales_integer_pcm():

@@ -51,8 +51,10 @@ def _sanitize(text: str) -> str:
 
 
 def media_files(folder: Path) -> list[Path]:
-    """Media files under ``folder`` (recursively, by suffix), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
+    """Media files under ``folder`` (recursively, by suffix), sorted; hidden files (``.name``, e.g. macOS
+    ``._clip.wav`` resource forks) are skipped."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in MEDIA_SUFFIXES and not p.name.startswith(".") and p.is_file())
 
 
 def read_segments(csv_path: str | Path) -> list[tuple[str, float, float, tuple[str, ...]]]:
