@@ -120,8 +120,12 @@ def test_media_suffix_sets_are_shared_and_consistent(tmp_path):
         (tmp_path / "cls" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "cls" / name).touch()
     assert [p.name for p in media_files(tmp_path)] == ["a.WAV", "b.aiff", "c.mp4", "d.ts"]
-    task = load_task(f"folder:{tmp_path}")  # a folder task finds the same files
-    assert sorted(ex.path.name for ex in task.examples) == ["a.WAV", "b.aiff", "c.mp4", "d.ts"]
+    for split in ("train", "test"):  # a folder task finds the same files
+        for name in ("a.WAV", ".hidden.wav", "e.txt"):
+            (tmp_path / "task" / split / "cls" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "task" / split / "cls" / name).touch()
+    task = load_task(f"folder:{tmp_path / 'task'}")
+    assert [ex.path.name for ex in task.examples] == ["a.WAV", "a.WAV"]
 
 
 def test_pcm_to_float_scales_integer_pcm():
