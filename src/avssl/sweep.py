@@ -162,7 +162,7 @@ def expand(base: Config, recipe: dict[str, Any], grid: dict[str, list[Any]], see
         for values in itertools.product(*(full_grid[k] for k in keys)):
             flat = {**over, **dict(zip(keys, values))}
             grid_part = _label(dict(zip(keys, values))) if keys else ""
-            label = " | ".join(x for x in (name, grid_part) if x) or "base"
+            label = "; ".join(x for x in (name, grid_part) if x) or "base"
             apply_overrides(base, _nested(flat))  # fail now, naming the key, not after hours of training
             variants.append((label, flat))
     return variants

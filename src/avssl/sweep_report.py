@@ -55,7 +55,7 @@ def table(rows: list[dict[str, Any]], tasks: list[str]) -> str:
         num = [f"{r[k]:{f}}" if r[k] is not None else "-" for k, f in
                (("steps", ".0f"), ("gflops_per_step", ".1f"), ("tflops", ".1f"))]
         minutes = f"{r['train_seconds'] / 60:.1f}" if r["train_seconds"] is not None else "-"
-        lines.append("| " + " | ".join([r["name"], str(len(r["seeds"])), *[cell(r["tasks"].get(t)) for t in tasks],
+        lines.append("| " + " | ".join([r["name"].replace("|", "/"), str(len(r["seeds"])), *[cell(r["tasks"].get(t)) for t in tasks],
                                         cell(r["mean"]), *num, minutes]) + " |")
     return "\n".join(lines) + "\n"
 
