@@ -19,7 +19,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from .atomic import write_with
 from .audio import load_audio
 from .baselines import BASELINES, N_MFCC, StatsBaseline, dct_matrix  # noqa: F401  (re-exported: defined here before)
 from .config import AudioConfig
@@ -190,10 +190,7 @@ def embed_task(
             log.warning("%s: cached keys differ from the task's %s split; re-embedding", path, split)
         emb = _embed_examples(ref.encoder, [task.examples[i] for i in idx], batch_size, progress,
                               f"{ref.name} {task.name}/{split}", audio_cache)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            np.savez(f, embeddings=emb, keys=keys)
-        os.replace(tmp, path)
+        write_with(path, lambda f: np.savez(f, embeddings=emb, keys=keys))  # noqa: B023 (called at once)
         parts[split] = emb
     dim = next(iter(parts.values())).shape[1]
     x = np.zeros((len(task.examples), dim), dtype=np.float32)

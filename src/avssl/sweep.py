@@ -42,6 +42,7 @@ from typing import Any, Iterator
 import yaml
 
 from . import distributed as dist
+from .atomic import write_text
 from .config import PRESET_DIR, Config, ConfigError, apply_overrides, load_config, parse_set, save_config
 from .sweep_report import write_report
 
@@ -200,9 +201,7 @@ def _audio_arch(cfg: Config) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_text
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -67,7 +68,7 @@ def write_report(records: list[dict[str, Any]], tasks: list[str], out: Path) -> 
         base = {k: r.get(k) for k in ("name", "kind", "model", "seed", "key", "status", "error", "steps",
                                       "gflops_per_step", "tflops", "train_seconds", "overrides")}
         rows += [{**base, "task": t, **res} for t, res in r.get("results", {}).items()] or [base]
-    _atomic(out / "results.jsonl", "".join(json.dumps(x, default=str) + "\n" for x in rows))
+    write_text(out / "results.jsonl", "".join(json.dumps(x, default=str) + "\n" for x in rows))
     summary = summarise(records, tasks)
     text = "Headline metric (%) per task, mean ± std over pretraining seeds (each seed: mean over probe seeds " \
            "and folds). Compute: optimizer steps, counted GFLOPs per training step, TFLOPs in all, measured " \
@@ -75,15 +76,9 @@ def write_report(records: list[dict[str, Any]], tasks: list[str], out: Path) -> 
     failed = [r for r in records if r.get("status") == "failed"]
     if failed:
         text += "\nFailed cells:\n\n" + "".join(f"- {r['name']} (seed {r['seed']}): {r['error']}\n" for r in failed)
-    _atomic(out / "results.md", text)
+    write_text(out / "results.md", text)
     if summary:
         plot(summary, tasks, out / "plots")
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def plot(rows: list[dict[str, Any]], tasks: list[str], folder: Path) -> list[Path]:
