@@ -43,7 +43,6 @@ from .video import ClipReader, MediaError
 log = logging.getLogger(__name__)
 
 MIN_SECONDS_TOLERANCE = 0.01  # container timestamps are often rounded to 1 ms per frame
-SCHEDULE_WINDOW = 64  # items a worker pool may take out of order (their spool files wait on disk)
 
 
 # ----------------------------------------------------------------------------- one item
@@ -116,11 +115,11 @@ def _worker_init(parent_pid: int) -> None:
     _PARENT_PID = parent_pid
 
 
-def _process_star(args: tuple[Item, Config, Path, int]) -> tuple[int, ItemResult]:
+def _process_star(args: tuple[Item, Config, Path, int]) -> ItemResult:
     item, cfg, spool, threads = args
     if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
         os._exit(0)  # the ingest process was killed: take no more of its queued work
-    return int(spool.stem), process_item(item, cfg, spool, threads)
+    return process_item(item, cfg, spool, threads)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -203,9 +202,8 @@ def ingest(
 def _run(items: list[Item], cfg: Config, workers: int, spool_dir: Path) -> Iterator[tuple[ItemResult, Path]]:
     """``(result, spool file)`` of each item, in item order; ``workers`` processes (inline when 1).
 
-    A pool takes the items of each window of ``SCHEDULE_WINDOW`` largest first, so that one long file
-    does not run alone at the end; results are still handed out in item order (they wait in their
-    spool files), so the output does not depend on the worker count or the schedule.
+    An ordered ``imap``: the output does not depend on the worker count; items that finish early
+    wait in their spool files, not in memory.
     """
     spools = [spool_dir / f"{i:08d}.spool" for i in range(len(items))]
     if workers <= 1 or len(items) <= 1:
@@ -220,32 +218,10 @@ def _run(items: list[Item], cfg: Config, workers: int, spool_dir: Path) -> Itera
     from PIL import Image
 
     Image.init()
-    done: dict[int, ItemResult] = {}
-    next_index = 0
     with mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-        tasks = [(items[i], cfg, spools[i], 1) for i in _schedule(items)]
-        for i, result in pool.imap_unordered(_process_star, tasks, chunksize=1):
-            done[i] = result
-            while next_index in done:
-                yield done.pop(next_index), spools[next_index]
-                next_index += 1
-
-
-def _schedule(items: list[Item]) -> list[int]:
-    """Item indices, each window of ``SCHEDULE_WINDOW`` items largest first (segment length, else file size)."""
-
-    def cost(i: int) -> float:
-        if items[i].duration is not None:
-            return items[i].duration
-        try:
-            return float(os.stat(items[i].path).st_size)
-        except OSError:
-            return 0.0
-
-    order: list[int] = []
-    for w0 in range(0, len(items), SCHEDULE_WINDOW):
-        order += sorted(range(w0, min(w0 + SCHEDULE_WINDOW, len(items))), key=lambda i: (-cost(i), i))
-    return order
+        tasks = [(item, cfg, spool, 1) for item, spool in zip(items, spools)]
+        for result, spool in zip(pool.imap(_process_star, tasks, chunksize=1), spools):
+            yield result, spool
 
 
 def _log_summary(summary: dict[str, Any], out: Path) -> None:
