@@ -136,8 +136,10 @@ def test_cli_timestamps_run_the_tower_once_per_window(tmp_path, ckpt, monkeypatc
 
     monkeypatch.setattr(SpecTower, "forward_features", counting)
     out = tmp_path / "out"
+    threads = torch.get_num_threads()
     assert cli_main(["embed", str(ckpt), *map(str, paths), "--out", str(out), "--timestamps", "--device", "cpu",
-                     "--workers", "0", "--no-progress"]) == 0
+                     "--workers", "0", "--threads", "1", "--no-progress"]) == 0
+    assert torch.get_num_threads() == threads  # the caller's thread setting is restored
     assert sum(seen) == expected  # not 2x: the old CLI ran embed() and embed_timestamps() separately
     rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["ok", "ok"]

@@ -171,7 +171,6 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     num_nodes, node_rank = _node_split(num_nodes, node_rank)
     if device is None and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
-    torch.set_num_threads(int(threads) if threads else tower_threads(workers))
     embedder = load_model(checkpoint, device=device, view=view, overlap=overlap, features=features, int8=int8)
     _check_settings(out_dir, {"features": embedder.features,
         "checkpoint_sha1": file_sha1(checkpoint), "view": view, "timestamps": timestamps,
@@ -187,19 +186,24 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
         else:
             todo.append((path, name))
     log.info("embed: %d inputs on this node, %d already done, %d to do", len(items), len(items) - len(todo), len(todo))
-    audios = decoded([p for p, _ in todo], embedder.sample_rate, workers)
-    for (path, name), (audio, error) in tqdm(zip(todo, audios), total=len(todo), desc="embed", unit="file",
-                                             disable=not progress):
-        row = {"input": str(path), "output": None, "status": "skipped", "reason": error}
-        if error is None:
-            try:
-                _save_npz(out_dir / "embeddings" / name, **_embed_file(embedder, audio, path, timestamps, hop))
-                row.update(output=f"embeddings/{name}", status="ok")
-            except Exception as e:  # a bad file must not stop a long run: record why and go on
-                row["reason"] = f"{type(e).__name__}: {e}"
-        if row["reason"]:
-            log.warning("skipped %s: %s", path, row["reason"])
-        rows.append(row)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads) if threads else tower_threads(workers))
+    try:
+        audios = decoded([p for p, _ in todo], embedder.sample_rate, workers)
+        for (path, name), (audio, error) in tqdm(zip(todo, audios), total=len(todo), desc="embed", unit="file",
+                                                 disable=not progress):
+            row = {"input": str(path), "output": None, "status": "skipped", "reason": error}
+            if error is None:
+                try:
+                    _save_npz(out_dir / "embeddings" / name, **_embed_file(embedder, audio, path, timestamps, hop))
+                    row.update(output=f"embeddings/{name}", status="ok")
+                except Exception as e:  # a bad file must not stop a long run: record why and go on
+                    row["reason"] = f"{type(e).__name__}: {e}"
+            if row["reason"]:
+                log.warning("skipped %s: %s", path, row["reason"])
+            rows.append(row)
+    finally:
+        torch.set_num_threads(previous)  # the caller's setting, whatever the tower used
     _write_index(out_dir / ("index.jsonl" if num_nodes == 1 else f"index-{node_rank}-of-{num_nodes}.jsonl"), rows)
     return rows
 
