@@ -33,7 +33,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-from .audio import MEDIA_SUFFIXES  # noqa: F401  (the shared set, used through avssl.inputs)
 from .config import Config, load_config, save_config
 from .inputs import Item, collect_items, media_files, read_segments  # noqa: F401  (re-exported)
 from .ingest_progress import STATE_DIR, ItemResult, NodeShards, load_state, merge_manifest, state_path
