@@ -110,13 +110,11 @@ class AudioAligner:
 
             self.resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32")
         self.out: list[np.ndarray] = []  # resampled, not yet taken
-        self.available = 0  # samples in self.out
         self.produced = 0  # resampled samples in all
 
     def _feed(self, x: np.ndarray, last: bool = False) -> None:
         y = self.resampler.resample_chunk(x, last=last) if self.resampler is not None else x
         self.out.append(np.asarray(y, dtype=np.float32))
-        self.available += len(y)
         self.produced += len(y)
 
     def settle(self, final_lower_bound: int) -> None:
@@ -134,12 +132,11 @@ class AudioAligner:
 
     def take(self, count: int) -> np.ndarray:
         """The next ``count`` resampled samples (zeros past the end of the output)."""
-        buf = np.concatenate(self.out) if len(self.out) != 1 else self.out[0]
+        buf = np.concatenate([np.zeros(0, np.float32), *self.out])
         out = np.zeros(count, dtype=np.float32)
         k = min(count, len(buf))
         out[:k] = buf[:k]
         self.out = [buf[k:]]
-        self.available -= k
         return out
 
 
