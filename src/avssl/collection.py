@@ -25,15 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .audio import LIST_SUFFIXES, MEDIA_SUFFIXES, load_audio
+from .audio import LIST_SUFFIXES, load_audio
 from .checkpoint import file_sha1
 from .embed import Embedder, load_model
+from .inputs import media_files
 
 log = logging.getLogger(__name__)
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
-    """Expand files, folders (recursive, media files only) and list files (``.txt``/``.lst``/``.list``, one
+    """Expand files, folders (recursive, media files only, hidden files skipped: :func:`avssl.inputs.media_files`) and list files (``.txt``/``.lst``/``.list``, one
     path per line, ``#`` comments, relative to the list file) into ``(path, output name)`` pairs.
 
     Output names mirror the input (``folder/sub/a.wav`` -> ``folder/sub/a.wav.npz``); names that two inputs
@@ -43,7 +44,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
 
     def add(p: Path, rel: str) -> None:
         if p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in MEDIA_SUFFIXES):
+            for f in media_files(p):
                 items.append((f, f"{rel}/{f.relative_to(p).as_posix()}"))
         elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
             for line in p.read_text().splitlines():
