@@ -35,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="avssl-int8-"))
     sha = file_sha1(args.checkpoint)[:12]
-    refs = [ModelRef(f"{name}", f"int8-probe-{sha}-{name}", load_model(args.checkpoint, device="cpu", int8=name == "int8"))
+    refs = [ModelRef(name, f"int8-probe-{sha}-{name}", load_model(args.checkpoint, device="cpu", int8=name == "int8"))
             for name in ("fp32", "int8")]
     rows = []
     for name in shared_tasks(args.data_root):
@@ -55,7 +55,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["task"] for r in rows):
         a, b = (next(r for r in rows if r["task"] == name and r["model"] == m) for m in ("fp32", "int8"))
-        print(f"| {name} | {100 * a['mean']:.1f} ± {100 * a['std']:.1f} | {100 * b['mean']:.1f} ± {100 * b['std']:.1f} "
+        acc = [f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}" for r in (a, b)]
+        print(f"| {name} | {acc[0]} | {acc[1]} "
               f"| {100 * (b['mean'] - a['mean']):+.1f} | {a['embed_seconds']} | {b['embed_seconds']} |")
     print(json.dumps({"checkpoint": str(args.checkpoint), "rows": rows}))
 

@@ -211,7 +211,8 @@ def report(cases: list[Case], loads: list[float], header: str) -> tuple[str, lis
     for c in cases:
         mm = by_name["matmul 2048", c.threads]
         best = min(c.times)
-        rows.append(dict(case=c.name, threads=c.threads, x_real_time=c.audio_seconds / best if c.audio_seconds else None,
+        rows.append(dict(case=c.name, threads=c.threads,
+                         x_real_time=c.audio_seconds / best if c.audio_seconds else None,
                          gflops=c.flops / best / 1e9, of_matmul=_ratio(c, mm),
                          vs_tower=_ratio(c, by_name[c.baseline, c.threads]) if c.baseline else None,
                          x_real_time_per_cpu=c.audio_seconds / min(c.cpu) if c.audio_seconds else None,

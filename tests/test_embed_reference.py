@@ -62,8 +62,8 @@ def _reference_timestamps(e: Embedder, clip: np.ndarray, hop: float) -> np.ndarr
     times = np.arange(int(np.floor(n / SR / hop + 1e-9)) + 1) * hop
     out = []
     with torch.inference_mode():
-        feats = {s: e.tower.forward_features(torch.from_numpy(np.pad(clip[s : s + w], (0, w - len(clip[s : s + w]))))[None])
-                 for s in starts}
+        cut = {s: np.pad(clip[s : s + w], (0, w - len(clip[s : s + w]))) for s in starts}
+        feats = {s: e.tower.forward_features(torch.from_numpy(x)[None]) for s, x in cut.items()}
     for t in times:
         s = min(starts, key=lambda s: abs(s / SR + w / SR / 2 - t))  # nearest window centre (first on ties)
         f = feats[s][0].numpy()
@@ -124,7 +124,8 @@ def test_last_layer_averaged_over_frequency_is_forward_features(name):
 
 def test_cli_timestamps_run_the_tower_once_per_window(tmp_path, ckpt, monkeypatch):
     """``avssl embed --timestamps`` gets clip and timestamp embeddings from ONE pass over each file's windows."""
-    paths = [encode_audio(tmp_path / f"{i}.wav", _noise(int(SR * s), seed=20 + i), SR) for i, s in enumerate([2.5, 0.6])]
+    paths = [encode_audio(tmp_path / f"{i}.wav", _noise(int(SR * s), seed=20 + i), SR)
+             for i, s in enumerate([2.5, 0.6])]
     e = load_model(ckpt, device="cpu")
     expected = sum(len(e._window_starts(max(int(SR * s), e.window))) for s in (2.5, 0.6))
     seen = []

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
-    """Expand files, folders (recursive, media files only, hidden files skipped: :func:`avssl.inputs.media_files`) and list files (``.txt``/``.lst``/``.list``, one
-    path per line, ``#`` comments, relative to the list file) into ``(path, output name)`` pairs.
+    """Expand files, folders (recursive, media files only, hidden files skipped: :func:`avssl.inputs.media_files`)
+    and list files (``.txt``/``.lst``/``.list``, one path per line, ``#`` comments, relative to the list file)
+    into ``(path, output name)`` pairs.
 
     Output names mirror the input (``folder/sub/a.wav`` -> ``folder/sub/a.wav.npz``); names that two inputs
     would share get a hash of each full path. Missing paths are kept so that they are reported as skipped.

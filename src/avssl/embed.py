@@ -179,7 +179,8 @@ class Embedder(nn.Module):
             frames.append(f.float())
         return torch.cat(pooled), torch.cat(frames), starts
 
-    def _timestamps(self, frames: torch.Tensor, starts: list[int], n: int, hop: float) -> tuple[torch.Tensor, np.ndarray]:
+    def _timestamps(self, frames: torch.Tensor, starts: list[int], n: int, hop: float
+                    ) -> tuple[torch.Tensor, np.ndarray]:
         """Time-resolved features ``[B * windows, T', D]`` of B clips of ``n`` samples cut at ``starts`` ->
         (``[B, T, D]`` read at ``0, hop, 2 hop, ... <= n / sample_rate``, seconds ``float64[T]``)."""
         seconds = np.arange(int(np.floor(n / self.sample_rate / hop + 1e-9)) + 1, dtype=np.float64) * hop
@@ -243,7 +244,7 @@ class Embedder(nn.Module):
 
     def embed_files(self, paths: Sequence[str | Path], progress: bool = True) -> np.ndarray:
         """Clip embeddings ``float32[len(paths), D]`` of audio or video files; raises ``AudioDecodeError``
-        naming the first file that cannot be decoded (use :func:`avssl.collection.embed_collection` to skip bad files)."""
+        naming the first file that cannot be decoded (:func:`avssl.collection.embed_collection` skips bad files)."""
         out = np.zeros((len(paths), self.embedding_dim), np.float32)
         for i, p in enumerate(tqdm(paths, desc="embed", unit="file", disable=not progress)):
             out[i] = self.embed(load_audio(p, self.sample_rate), self.sample_rate)[0]

@@ -6,7 +6,8 @@
 float32[n_sounds, n_timestamps])`` every :data:`TIMESTAMP_HOP_MS` milliseconds. ``audio`` is
 ``float32[n_sounds, n_samples]`` in [-1, 1] at ``model.sample_rate``; outputs are on ``audio``'s device.
 Windowing and padding follow :mod:`avssl.embed`; the audio stays a torch tensor throughout (no numpy round
-trip; it is moved to the model's device once, and the results back once). Usage with hear-eval-kit: ``--module avssl.hear
+trip; it is moved to the model's device once, and the results back once).
+Usage with hear-eval-kit: ``--module avssl.hear
 --model CHECKPOINT.pt``.
 """
 
