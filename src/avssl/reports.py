@@ -57,19 +57,24 @@ def project2d(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray)
     return z[test] @ vt[:2].T, "PCA of the training split, test clips shown"
 
 
-def write_plots(records: list[dict], figures: dict[str, dict[str, Any]], folder: str | Path) -> list[Path]:
-    """``accuracy.png`` (headline metric per task, bars per model, std error bars, chance ticks),
-    ``confusion-<task>.png`` (row-normalised, one panel per model; single-label tasks with at
-    most 40 classes) and ``projection-<task>.png`` (:func:`project2d` of the first fold's test
-    clips, coloured by class)."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_scores(records: list[dict], path: Path) -> Path:
+    """Headline metric per task, bars per model, std error bars, chance ticks."""
+    plt = _pyplot()
     tasks = list(dict.fromkeys(r["task"] for r in records))
     models = list(dict.fromkeys(r["model"] for r in records))
     cell = {(r["model"], r["task"]): r for r in records}
@@ -92,52 +97,67 @@ def write_plots(records: list[dict], figures: dict[str, dict[str, Any]], folder:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("Linear probe on frozen embeddings")
     fig.tight_layout()
-    written.append(folder / "accuracy.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    return _save(fig, path)
+
+
+def plot_confusions(name: str, task: Any, per_model: dict[str, dict], means: dict[str, float], path: Path) -> Path:
+    """Row-normalised confusion matrices of one single-label task, one panel per model."""
+    plt = _pyplot()
+    k = len(task.classes)
+    fig, axes = plt.subplots(1, len(per_model), figsize=(4.5 * len(per_model), 4.2), squeeze=False)
+    for ax, (m, d) in zip(axes[0], per_model.items()):
+        c = d["confusion"] / np.maximum(d["confusion"].sum(1, keepdims=True), 1)
+        ax.imshow(c, vmin=0, vmax=1, cmap="Blues")
+        ax.set_title(f"{m}\n{100 * means[m]:.1f}% accuracy", fontsize=9)
+        ax.set_xticks(range(k), task.classes, rotation=90, fontsize=6)
+        ax.set_yticks(range(k), task.classes, fontsize=6)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.suptitle(f"{name}: confusion (rows normalised, all folds and seeds)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_projections(name: str, task: Any, per_model: dict[str, dict], path: Path) -> Path:
+    """:func:`project2d` of the first fold's test clips, one panel per model, coloured by class."""
+    plt = _pyplot()
+    k = len(task.classes)
+    fold = task.folds[0]
+    train, test = task.indices(fold.train), task.indices(fold.test)
+    y = np.array([task.classes.index(ex.labels[0]) for ex in task.examples])  # first label if multi-label
+    fig, axes = plt.subplots(1, len(per_model), figsize=(4.5 * len(per_model), 4.2), squeeze=False)
+    for ax, (m, d) in zip(axes[0], per_model.items()):
+        p, method = project2d(d["x"], y, train, test)
+        sc = ax.scatter(p[:, 0], p[:, 1], c=y[test], cmap="tab20" if k > 10 else "tab10", s=8, vmin=0,
+                        vmax=max(k - 1, 1))
+        lo, hi = np.percentile(p, [1, 99], axis=0)
+        pad = 0.1 * (hi - lo)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_title(m, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if k <= 20:
+        handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=c)
+                   for i, c in enumerate(task.classes)]
+        fig.legend(handles=handles, loc="center right", fontsize=7)
+        fig.subplots_adjust(right=0.85)
+    fig.suptitle(f"{name} ({fold.name}): {method}, coloured by class")
+    return _save(fig, path)
+
+
+def write_plots(records: list[dict], figures: dict[str, dict[str, Any]], folder: str | Path) -> list[Path]:
+    """``accuracy.png`` (:func:`plot_scores`), ``confusion-<task>.png`` (:func:`plot_confusions`; single-label
+    tasks with at most 40 classes) and ``projection-<task>.png`` (:func:`plot_projections`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [plot_scores(records, folder / "accuracy.png")]
     for name, info in figures.items():
         task, per_model = info["task"], info["models"]
         if not per_model:
             continue
-        name_slug = slug(name)
-        k = len(task.classes)
-        if not task.multilabel and k <= CONFUSION_MAX_CLASSES:
-            fig, axes = plt.subplots(1, len(per_model), figsize=(4.5 * len(per_model), 4.2), squeeze=False)
-            for ax, (m, d) in zip(axes[0], per_model.items()):
-                c = d["confusion"] / np.maximum(d["confusion"].sum(1, keepdims=True), 1)
-                ax.imshow(c, vmin=0, vmax=1, cmap="Blues")
-                ax.set_title(f"{m}\n{100 * cell[m, name]['mean']:.1f}% accuracy", fontsize=9)
-                ax.set_xticks(range(k), task.classes, rotation=90, fontsize=6)
-                ax.set_yticks(range(k), task.classes, fontsize=6)
-                ax.set_xlabel("predicted")
-                ax.set_ylabel("true")
-            fig.suptitle(f"{name}: confusion (rows normalised, all folds and seeds)")
-            fig.tight_layout()
-            written.append(folder / f"confusion-{name_slug}.png")
-            fig.savefig(written[-1], dpi=120)
-            plt.close(fig)
-        fold = task.folds[0]
-        train, test = task.indices(fold.train), task.indices(fold.test)
-        y = np.array([task.classes.index(ex.labels[0]) for ex in task.examples])  # first label if multi-label
-        fig, axes = plt.subplots(1, len(per_model), figsize=(4.5 * len(per_model), 4.2), squeeze=False)
-        for ax, (m, d) in zip(axes[0], per_model.items()):
-            p, method = project2d(d["x"], y, train, test)
-            sc = ax.scatter(p[:, 0], p[:, 1], c=y[test], cmap="tab20" if k > 10 else "tab10", s=8, vmin=0,
-                            vmax=max(k - 1, 1))
-            lo, hi = np.percentile(p, [1, 99], axis=0)
-            pad = 0.1 * (hi - lo)
-            ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-            ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-            ax.set_title(m, fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if k <= 20:
-            handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=c)
-                       for i, c in enumerate(task.classes)]
-            fig.legend(handles=handles, loc="center right", fontsize=7)
-            fig.subplots_adjust(right=0.85)
-        fig.suptitle(f"{name} ({fold.name}): {method}, coloured by class")
-        written.append(folder / f"projection-{name_slug}.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        if not task.multilabel and len(task.classes) <= CONFUSION_MAX_CLASSES:
+            means = {r["model"]: r["mean"] for r in records if r["task"] == name}
+            written.append(plot_confusions(name, task, per_model, means, folder / f"confusion-{slug(name)}.png"))
+        written.append(plot_projections(name, task, per_model, folder / f"projection-{slug(name)}.png"))
     return written
