@@ -16,7 +16,7 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("avssl.ingest", "videos -> WebDataset shards of aligned audio + low-resolution frames"),
     "pretrain": ("avssl.train", "self-supervised pretraining from shards (also under torchrun)"),
-    "embed": ("avssl.embed", "audio embeddings for files and folders with a checkpoint"),
+    "embed": ("avssl.collection", "audio embeddings for files and folders with a checkpoint"),
     "export": ("avssl.export", "export a checkpoint's audio tower (with its log-mel front-end) to ONNX"),
     "eval": ("avssl.evaluate", "linear-probe evaluation of models and baselines on tasks"),
     "sweep": ("avssl.sweep", "experiment grids: pretrain at fixed steps + evaluate, per cell, with baselines"),

@@ -12,6 +12,7 @@ Imports only inference code.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -27,8 +28,10 @@ from tqdm.auto import tqdm
 from . import __version__
 from .audio import LIST_SUFFIXES, load_audio
 from .checkpoint import file_sha1
+from .config import EMBED_FEATURES
 from .embed import Embedder, load_model
 from .inputs import media_files
+from .models import AUDIO_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -231,3 +234,35 @@ def _write_index(index: Path, rows: list[dict]) -> None:
              sum(r["status"] == "done" for r in rows), len(skipped))
     for r in skipped:
         log.info("  skipped %s: %s", r["input"], r["reason"])
+
+
+# -- CLI: avssl embed ------------------------------------------------------
+def add_embed_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="avssl checkpoint (.pt)")
+    p.add_argument("inputs", nargs="+", help="audio/video files, folders (recursive) or list files (.txt)")
+    p.add_argument("--out", required=True, help="output folder (re-running with the same one resumes)")
+    p.add_argument("--timestamps", action="store_true", help="also store time-resolved embeddings")
+    p.add_argument("--hop", type=float, default=0.1, help="seconds between timestamp embeddings (default 0.1)")
+    p.add_argument("--overlap", type=float, default=0.5,
+                   help="fraction shared by consecutive windows on long audio (default 0.5; 0 = half the work)")
+    p.add_argument("--view", default="spec", choices=AUDIO_VIEWS, help="which audio tower (default spec)")
+    p.add_argument("--features", default=None, choices=EMBED_FEATURES,
+                   help="pooled: last block, mean+max over time; layers: mean+std of every block "
+                   "(default: the checkpoint's embed.features)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--num-nodes", type=int, default=None, help="split the inputs across this many processes")
+    p.add_argument("--node-rank", type=int, default=None, help="this process's share (0..num-nodes-1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="decoding processes running beside the tower (default 1; 0 = decode in between)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the tower (default: the cores left after --workers, at least 1)")
+    p.add_argument("--int8", action="store_true", help="run the tower in int8 on the CPU (faster; see docs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    rows = embed_collection(args.checkpoint, args.inputs, args.out, view=args.view, device=args.device,
+                            timestamps=args.timestamps, hop=args.hop, overlap=args.overlap, num_nodes=args.num_nodes,
+                            node_rank=args.node_rank, workers=args.workers, threads=args.threads,
+                            progress=not args.no_progress, features=args.features, int8=args.int8)
+    return 0 if any(r["status"] != "skipped" for r in rows) or not rows else 1

@@ -21,7 +21,6 @@ else is in the batch):
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import warnings
@@ -327,47 +326,3 @@ def load_model(path: str | Path, device: str | torch.device | None = None, view:
     if int8:
         embedder.tower = quantize_int8(embedder.tower, embedder.window, embedder.sample_rate)
     return embedder
-
-
-def __getattr__(name: str) -> Any:
-    """Names that moved out of this module stay importable from it (``avssl.embed.embed_collection``, ...)."""
-    moved = {"embed_collection": "collection", "collect_inputs": "collection", "export_onnx": "export"}
-    if name in moved:
-        import importlib
-
-        return getattr(importlib.import_module(f"avssl.{moved[name]}"), name)
-    raise AttributeError(f"module 'avssl.embed' has no attribute {name!r}")
-
-
-# -- CLI: avssl embed (the work is in avssl.collection) ------------------------------------------------------
-def add_embed_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="avssl checkpoint (.pt)")
-    p.add_argument("inputs", nargs="+", help="audio/video files, folders (recursive) or list files (.txt)")
-    p.add_argument("--out", required=True, help="output folder (re-running with the same one resumes)")
-    p.add_argument("--timestamps", action="store_true", help="also store time-resolved embeddings")
-    p.add_argument("--hop", type=float, default=0.1, help="seconds between timestamp embeddings (default 0.1)")
-    p.add_argument("--overlap", type=float, default=0.5,
-                   help="fraction shared by consecutive windows on long audio (default 0.5; 0 = half the work)")
-    p.add_argument("--view", default="spec", choices=AUDIO_VIEWS, help="which audio tower (default spec)")
-    p.add_argument("--features", default=None, choices=EMBED_FEATURES,
-                   help="pooled: last block, mean+max over time; layers: mean+std of every block "
-                   "(default: the checkpoint's embed.features)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--num-nodes", type=int, default=None, help="split the inputs across this many processes")
-    p.add_argument("--node-rank", type=int, default=None, help="this process's share (0..num-nodes-1)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="decoding processes running beside the tower (default 1; 0 = decode in between)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads for the tower (default: the cores left after --workers, at least 1)")
-    p.add_argument("--int8", action="store_true", help="run the tower in int8 on the CPU (faster; see docs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_embed(args: argparse.Namespace) -> int:
-    from .collection import embed_collection
-
-    rows = embed_collection(args.checkpoint, args.inputs, args.out, view=args.view, device=args.device,
-                            timestamps=args.timestamps, hop=args.hop, overlap=args.overlap, num_nodes=args.num_nodes,
-                            node_rank=args.node_rank, workers=args.workers, threads=args.threads,
-                            progress=not args.no_progress, features=args.features, int8=args.int8)
-    return 0 if any(r["status"] != "skipped" for r in rows) or not rows else 1
