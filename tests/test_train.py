@@ -241,7 +241,7 @@ def test_corrupt_checkpoint_is_reported_and_previous_kept(full_run, shards, tmp_
 
 
 def test_failed_save_keeps_the_previous_checkpoint(full_run, tmp_path, monkeypatch):
-    from avssl.train import _save
+    from avssl.checkpoint import save_rotating as _save
 
     out = tmp_path / "copy"
     shutil.copytree(full_run, out)

@@ -8,7 +8,9 @@ scheduler, step and RNG states. Inference code needs only this module and ``avss
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -69,6 +72,40 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"({FORMAT_VERSION}); upgrade avssl"
         )
     return state
+
+
+CHECKPOINT = "checkpoint.pt"  # a run folder's latest checkpoint
+PREVIOUS = "checkpoint-prev.pt"  # the one before it, kept until the next save
+
+
+def save_rotating(folder: str | Path, state: dict[str, Any]) -> Path:
+    """Save ``state`` as ``folder/checkpoint.pt`` atomically, keeping the current one as ``checkpoint-prev.pt``
+    (hard link, else copy), so a crash while saving never leaves the run without a good checkpoint."""
+    folder = Path(folder)
+    path, prev = folder / CHECKPOINT, folder / PREVIOUS
+    if path.exists():
+        prev.unlink(missing_ok=True)
+        try:
+            os.link(path, prev)
+        except OSError:
+            shutil.copy2(path, prev)
+    return save_checkpoint(state, path)
+
+
+def load_for_resume(folder: str | Path) -> dict[str, Any] | None:
+    """The run folder's latest checkpoint, ``None`` when it has none; a bad one raises
+    :class:`CheckpointError` that names the previous good checkpoint to fall back on."""
+    folder = Path(folder)
+    path = folder / CHECKPOINT
+    if not path.exists():
+        log.info("%s: no checkpoint to resume from; starting from step 0", folder)
+        return None
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        prev = folder / PREVIOUS
+        hint = f"; the previous good checkpoint is kept at {prev}: move it to {path} to resume from it" if prev.exists() else ""
+        raise CheckpointError(f"{e}{hint}") from e
 
 
 def config_of(path: str | Path):

@@ -116,7 +116,8 @@ def _pretrain(cell: Cell, data: str, out: Path, progress: bool) -> tuple[Path, d
     """Train (or resume, or reuse) the cell's run; returns its checkpoint and compute figures."""
     from .checkpoint import load_checkpoint
     from .flops import train_step_flops
-    from .train import CHECKPOINT, pretrain
+    from .checkpoint import CHECKPOINT
+    from .train import pretrain
 
     run = out / "runs" / train_key(cell.cfg, data)
     done = run / "done.json"

@@ -21,8 +21,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import shutil
 import signal
 import threading
 import time
@@ -34,7 +32,7 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, CheckpointError, load_for_resume, save_rotating
 from .config import Config, load_config, save_config
 from .data import make_loader
 from .losses import AUDIO_VIEWS
@@ -43,8 +41,6 @@ from .trainer import Trainer, _rng_state, plan_views
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-PREVIOUS = "checkpoint-prev.pt"
 STOP_CHECK_EVERY = 10  # steps between the ranks' stop votes (signal / time limit) when distributed
 
 
@@ -120,35 +116,6 @@ class MetricsWriter:
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-
-
-def _save(out: Path, state: dict[str, Any]) -> Path:
-    """Keep the current checkpoint as ``checkpoint-prev.pt`` (hard link, else copy), then write atomically."""
-    path, prev = out / CHECKPOINT, out / PREVIOUS
-    if path.exists():
-        prev.unlink(missing_ok=True)
-        try:
-            os.link(path, prev)
-        except OSError:
-            shutil.copy2(path, prev)
-    return save_checkpoint(state, path)
-
-
-def _load_for_resume(out: Path) -> dict[str, Any] | None:
-    path = out / CHECKPOINT
-    if not path.exists():
-        log.info("%s: no checkpoint to resume from; starting from step 0", out)
-        return None
-    try:
-        return load_checkpoint(path)
-    except CheckpointError as e:
-        prev = out / PREVIOUS
-        hint = (
-            f"; the previous good checkpoint is kept at {prev}: move it to {path} to resume from it"
-            if prev.exists()
-            else ""
-        )
-        raise CheckpointError(f"{e}{hint}") from e
 
 
 @contextmanager
@@ -230,7 +197,7 @@ def pretrain(
 
 def _resume_state(out: Path, cfg: Config, resume: bool) -> dict[str, Any] | None:
     """The checkpoint to resume from (None: start at step 0); refuses to overwrite a run without ``resume``."""
-    state = _load_for_resume(out) if resume else None
+    state = load_for_resume(out) if resume else None
     if not resume and (out / CHECKPOINT).exists():
         raise CheckpointError(f"{out} already holds {CHECKPOINT}; pass --resume to continue it or choose another --out")
     if state is not None:
@@ -256,7 +223,7 @@ def _checkpoint(out: Path, trainer: Trainer, step: int) -> None:
         rngs = [None] * world
         torch.distributed.all_gather_object(rngs, _rng_state(trainer.generator))
     if dist.is_main_process():
-        _save(out, {**trainer.state_dict(), "step": step, "rng": rngs, "data_layout": _data_layout(trainer.cfg, world)})
+        save_rotating(out, {**trainer.state_dict(), "step": step, "rng": rngs, "data_layout": _data_layout(trainer.cfg, world)})
     dist.barrier()
 
 
