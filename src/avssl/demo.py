@@ -76,17 +76,6 @@ def demo_configs(seed: int, clip_seconds: float, overrides: list[str] | None = N
 # ------------------------------------------------------------------------------------ retrieval
 
 
-def read_clips(shard_folder: str | Path) -> list:
-    """Every sample of a shard folder as :class:`avssl.shards.Clip`, in shard order."""
-    import webdataset as wds
-
-    from .shardset import resolve_shards
-    from .shards import decode_sample
-
-    urls = resolve_shards(shard_folder).urls
-    return [decode_sample(s) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
-
-
 @torch.no_grad()
 def retrieval(model: torch.nn.Module, cfg: Config, clips: list, *, labels: list[str] | None = None, seed: int = 0,
               batch_size: int = 32) -> dict[str, Any]:
@@ -193,6 +182,8 @@ def run_demo_pipeline(
     with _timed(timings, "probe"):  # 4. linear probe on held-out clips (labelled world only)
         probe_rows = [] if world_dir is None else _probe_runs(runs, world_dir, out / "eval", probe_seeds, progress)
     with _timed(timings, "retrieval"):  # 5. audio -> video retrieval with (a), and its random-init twin
+        from .shards import read_clips
+
         clips = read_clips(test_shards)
         labels = _world_labels(world_dir, clips) if world_dir is not None else None
         retrieval_rows = _retrieval_runs(runs["audio-visual"]["checkpoint"], clips, labels, seed)

@@ -340,3 +340,12 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         if not (folder / shard["name"]).is_file():
             raise ShardError(f"{path}: lists {shard['name']} but {folder / shard['name']} is missing")
     return manifest
+
+
+def read_clips(folder: str | Path) -> list[Clip]:
+    """Every sample of a finished shard folder (its manifest's shards, in order), decoded whole."""
+    import webdataset as wds
+
+    folder = Path(folder)
+    urls = [str(folder / shard["name"]) for shard in read_manifest(folder)["shards"]]
+    return [decode_sample(s) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
