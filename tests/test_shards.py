@@ -36,7 +36,8 @@ def test_round_trip_and_determinism(fmt):
 
 
 def test_audio_only_sample_and_webdataset_reader(tmp_path):
-    wds = pytest.importorskip("webdataset")
+    import webdataset as wds  # a core dependency: its absence is a failure, not a skip
+
     clip = _clip()
     clip.frames = np.zeros((0, 32, 32, 3), np.uint8)
     samples = [encode_sample(clip), encode_sample(_clip(), "jpeg")]
@@ -131,8 +132,6 @@ def test_window_decodes_only_its_frames():
 
 def test_read_clips_round_trips_a_shard_folder(tmp_path):
     """``read_clips`` returns every sample of a manifest's shards, in order, equal to what was written."""
-    import json
-
     from avssl.shards import SCHEMA_VERSION, Clip, ShardWriter, read_clips
 
     rng = np.random.default_rng(0)
