@@ -112,7 +112,8 @@ def plot(rows: list[dict[str, Any]], tasks: list[str], folder: Path) -> list[Pat
     for i, r in enumerate(rows):
         xs = [j + i * width for j, t in enumerate(tasks) if t in r["tasks"]]
         ms = [r["tasks"][t] for t in tasks if t in r["tasks"]]
-        ax.bar(xs, [m for m, _ in ms], width, yerr=[s for _, s in ms], capsize=2, label=r["name"])
+        ax.bar(xs, [m for m, _ in ms], width, yerr=[s for _, s in ms], capsize=2, label=r["name"],
+               color=plt.cm.tab20(i % 20))  # distinct colours for up to 20 variants
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, fontsize=8)
     ax.set_ylabel("headline metric (%)")
     ax.legend(fontsize=6)
