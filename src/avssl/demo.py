@@ -36,6 +36,7 @@ import torch
 
 from .config import Config, apply_overrides, load_config, parse_set
 from .demo_report import demo_plots, results_table, summary_markdown
+from .shards import read_clips
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,6 @@ def run_demo_pipeline(
     with _timed(timings, "probe"):  # 4. linear probe on held-out clips (labelled world only)
         probe_rows = [] if world_dir is None else _probe_runs(runs, world_dir, out / "eval", probe_seeds, progress)
     with _timed(timings, "retrieval"):  # 5. audio -> video retrieval with (a), and its random-init twin
-        from .shards import read_clips
-
         clips = read_clips(test_shards)
         labels = _world_labels(world_dir, clips) if world_dir is not None else None
         retrieval_rows = _retrieval_runs(runs["audio-visual"]["checkpoint"], clips, labels, seed)
