@@ -265,21 +265,29 @@ def apply_overrides(obj: Any, d: dict[str, Any], where: str = "") -> Any:
     return check_choices(out) if isinstance(out, Config) else out
 
 
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.width": 0.5, "train.seed": 1}`` -> ``{"model": {"width": 0.5}, "train": {"seed": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = str(key).strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"config key {key!r} is malformed; use section.key")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """``["model.width=0.5", "loss.pairs=[spec-wave]"]`` -> nested dict (values parsed as YAML)."""
-    out: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"--set key {key!r} is malformed; use section.key=value")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    return out
+        flat[key] = yaml.safe_load(raw) if raw.strip() else ""
+    return nest(flat)
 
 
 def preset_path(preset: str | Path) -> Path:

@@ -39,8 +39,8 @@ from typing import Any, Iterator
 from . import distributed as dist
 from .atomic import write_text
 from .baselines import BASELINES
-from .config import ConfigError, apply_overrides, load_config, parse_set, save_config
-from .sweep_plan import Cell, _nested, expand, load_recipe, parse_grid, plan, split_values, train_key
+from .config import ConfigError, apply_overrides, load_config, nest, parse_set, save_config
+from .sweep_plan import Cell, expand, load_recipe, parse_grid, plan, split_values, train_key
 from .sweep_report import write_report
 
 __all__ = ["Cell", "expand", "load_recipe", "parse_grid", "plan", "run_cell", "split_values", "sweep", "train_key"]
@@ -151,7 +151,7 @@ def _evaluate(cell: Cell, spec: str, tasks: dict[str, Any], out: Path, probe_see
               audio_cache: Any = None) -> dict[str, Any]:
     from .evaluate import embed_task, resolve_model, run_probes
 
-    ref = resolve_model(spec, seed=cell.seed, features=cell.cfg.embed.features, device="cpu")
+    ref = resolve_model(spec, seed=cell.seed, features=cell.cfg.embed.features)
     results = {}
     for name, task in tasks.items():
         t0 = time.perf_counter()
@@ -249,7 +249,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe) if args.recipe else {}
         if not recipe and not args.grid:
             raise ConfigError("give a recipe (modality, resolution, batch-mixing, or a YAML file) or a --grid")
-        base = apply_overrides(load_config(args.config), _nested(recipe.get("set", {})))
+        base = apply_overrides(load_config(args.config), nest(recipe.get("set", {})))
         base = apply_overrides(base, parse_set(list(args.set)))  # the user's --set wins over the recipe's
         data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
         cells = plan(base, expand(base, recipe, parse_grid(args.grid), args.seeds), args.seeds, data)

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .baselines import BASELINES
-from .config import PRESET_DIR, Config, ConfigError, apply_overrides
+from .config import PRESET_DIR, Config, ConfigError, apply_overrides, nest
 
 RECIPE_DIR = PRESET_DIR / "recipes"
 
@@ -76,18 +76,6 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def _nested(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
-
-
 def _label(flat: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in flat.items()) or "base"
 
@@ -124,7 +112,7 @@ def expand(base: Config, recipe: dict[str, Any], grid: dict[str, list[Any]], see
             flat = {**over, **dict(zip(keys, values))}
             grid_part = _label(dict(zip(keys, values))) if keys else ""
             label = "; ".join(x for x in (name, grid_part) if x) or "base"
-            apply_overrides(base, _nested(flat))  # fail now, naming the key, not after hours of training
+            apply_overrides(base, nest(flat))  # fail now, naming the key, not after hours of training
             variants.append((label, flat))
     return variants
 
@@ -136,16 +124,16 @@ def plan(base: Config, variants: list[tuple[str, dict]], seeds: int, data: str =
     cells = [Cell(b, "baseline", 0, base, model=b) for b in BASELINES]
     archs: dict[str, tuple[str, dict]] = {}
     for name, flat in variants:
-        cfg = apply_overrides(base, _nested(flat))
-        rel = {k: v for k, v in flat.items() if k.split(".")[0] in ("audio", "embed", "data")
+        cfg = apply_overrides(base, nest(flat))
+        rel = {k: v for k, v in flat.items() if k.split(".")[0] in ("audio", "embed") or k == "data.crop_seconds"
                or (k.startswith("model.") and k not in ("model.views", "model.video_depth", "model.embed_dim"))}
         archs.setdefault(_audio_arch(cfg), (f"random-init ({_label(rel)})" if rel else "random-init", flat))
     for seed in range(seeds):
         for label, flat in archs.values():
-            cfg = apply_overrides(base, _nested({**flat, "train.seed": seed}))
+            cfg = apply_overrides(base, nest({**flat, "train.seed": seed}))
             cells.append(Cell(label, "baseline", seed, cfg, flat, model="random-init"))
         for name, flat in variants:
-            cfg = apply_overrides(base, _nested({**flat, "train.seed": seed}))
+            cfg = apply_overrides(base, nest({**flat, "train.seed": seed}))
             cells.append(Cell(name, "train", seed, cfg, flat, data=data))
     return cells
 
