@@ -136,7 +136,8 @@ def test_read_clips_round_trips_a_shard_folder(tmp_path):
 
     rng = np.random.default_rng(0)
     clips = [Clip(f"v{i}-0000", rng.uniform(-0.5, 0.5, 16000).astype(np.float32), 16000,
-                  rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8), 4.0) for i in range(5)]
+                  rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8), 4.0, meta={"source": f"v{i}.mp4", "start": 1.5 * i})
+             for i in range(5)]
     names = []
     for s, part in enumerate((clips[:3], clips[3:])):
         names.append(f"{s:06d}.tar")
@@ -150,5 +151,7 @@ def test_read_clips_round_trips_a_shard_folder(tmp_path):
     back = read_clips(tmp_path)
     assert [c.key for c in back] == [c.key for c in clips]
     for a, b in zip(back, clips):
+        assert (a.fps, a.sample_rate) == (b.fps, b.sample_rate)
+        assert {k: a.meta[k] for k in b.meta} == b.meta  # the clip's own metadata survives the round trip
         np.testing.assert_array_equal(a.frames, b.frames)
         np.testing.assert_allclose(a.audio, b.audio, atol=1e-4)  # FLAC: 16-bit

@@ -193,8 +193,7 @@ class ClipAssembler:
 
     def finish(self, length: float) -> list[tuple[np.ndarray, np.ndarray]]:
         """The segment is ``length`` seconds long: the clips not yet handed out."""
-        end = self.seg_begin + length
-        self.audio.finish(max(0, int(round((end - self.seg_begin) * self.audio.rate))))
+        self.audio.finish(max(0, int(round(length * self.audio.rate))))
         total_n, count = int(round(length * self.sample_rate)), frame_count(length, self.fps)
         if self.sampler is not None:
             self.sampler.finish(count)
