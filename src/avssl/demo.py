@@ -40,8 +40,8 @@ from .shards import read_clips
 
 log = logging.getLogger(__name__)
 
-# Steps of each pretraining run: chosen by measurement so the whole demo takes about 10 minutes on an
-# idle 2-core machine (docs/demo.md). Time never decides how long a model trains.
+# Steps of each pretraining run: projected from earlier idle step rates to take about 9 minutes in all on
+# an idle 2-core machine (docs/demo.md). Time never decides how long a model trains.
 DEFAULT_STEPS = 600
 WORLD = {"num_classes": 8, "clips_per_class": 40, "seconds": 3.0, "size": 32, "fps": 8.0}
 BASE_OVERRIDES: dict[str, Any] = {
@@ -290,7 +290,7 @@ def _retrieval_runs(checkpoint: Path, clips: list, labels: list[str] | None, see
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("avssl-demo"), help="output folder (default: avssl-demo)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                        help=f"optimizer steps of each pretraining run (default {DEFAULT_STEPS}: about 10 minutes in all "
+                        help=f"optimizer steps of each pretraining run (default {DEFAULT_STEPS}: about 9 minutes in all "
                         "on an idle 2-core machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--videos", type=Path, default=None,
