@@ -127,17 +127,20 @@ class SpecTower(nn.Module):
         self.feature_dim: int = widths[-1]
         self.frame_hop_seconds: float = audio.hop_length * math.prod(pools) / audio.sample_rate
 
+    def _stem(self, wave: torch.Tensor) -> torch.Tensor:
+        """``float32[B, N]`` waveform -> log-mel (always float32), per-bin normalised, masked (training only)
+        and through the stem: the CNN's input ``[B, C, T, M]``."""
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            mel = self.logmel(wave.float())  # [B, M, T]
+        return self.stem(self.mask(self._normalise(mel)))
+
     def _normalise(self, mel: torch.Tensor) -> torch.Tensor:
         """Log-mel ``[B, M, T]`` -> per-bin normalised ``[B, 1, T, M]``, the CNN's input layout."""
         return self.bn0(mel).transpose(1, 2).unsqueeze(1)
 
     def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
         """``float32[B, N]`` waveform -> ``[B, T', feature_dim]``."""
-        with torch.autocast(device_type=wave.device.type, enabled=False):
-            mel = self.logmel(wave.float())  # [B, M, T]; the front-end always runs in float32
-        x = self._normalise(mel)
-        x = self.blocks(self.stem(self.mask(x)))
-        return x.mean(dim=3).transpose(1, 2)
+        return self.blocks(self._stem(wave)).mean(dim=3).transpose(1, 2)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """``float32[B, N]`` waveform -> pooled ``[B, feature_dim]``."""
@@ -146,9 +149,7 @@ class SpecTower(nn.Module):
     def forward_layers(self, wave: torch.Tensor) -> list[torch.Tensor]:
         """``float32[B, N]`` waveform -> every block's output ``[B, T_i, C_i * F_i]`` (channels x
         mel positions flattened per time step, so each block keeps its frequency resolution)."""
-        with torch.autocast(device_type=wave.device.type, enabled=False):
-            mel = self.logmel(wave.float())
-        x = self.stem(self.mask(self._normalise(mel)))
+        x = self._stem(wave)
         out = []
         for block in self.blocks:
             x = block(x)
