@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from avssl.config import Config, load_config
-from avssl.data import Batch, ShardLoader, ShardStream, crop_clip, make_loader
+from avssl.crops import crop_clip
+from avssl.data import Batch, ShardLoader, ShardStream, make_loader
 from avssl.ingest import ingest
 from avssl.shards import decode_sample
 from avssl.train import Trainer, plan_views, pretrain

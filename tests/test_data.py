@@ -12,7 +12,8 @@ import torch
 import webdataset as wds
 
 from avssl.config import load_config
-from avssl.data import Batch, DataError, crop_clip, crop_sample, make_loader
+from avssl.crops import crop_clip, crop_sample
+from avssl.data import Batch, DataError, make_loader
 from avssl.shards import Clip, decode_sample, encode_sample
 
 SR, FPS, SIZE, SECONDS = 16000, 8.0, 16, 2.0
@@ -204,7 +205,7 @@ def test_windowed_crop_equals_crop_of_full_decode(fmt):
 
 def test_loader_downscales_larger_shards(shards):
     """Shards ingested at 16 px serve an 8 px run: every frame is the 2x2 area mean of the stored one."""
-    from avssl.data import resize_frames
+    from avssl.crops import resize_frames
 
     frames = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3)).astype(np.uint8)
     small = resize_frames(frames, SIZE // 2)

@@ -10,21 +10,9 @@ import pytest
 import torch
 
 from avssl.audio import LogMel
-from avssl.evaluate import (
-    ModelRef,
-    StatsBaseline,
-    average_precision,
-    classification_metrics,
-    d_prime,
-    dct_matrix,
-    embed_task,
-    evaluate,
-    probe,
-    resolve_model,
-    roc_auc,
-    run_probes,
-    with_baselines,
-)
+from avssl.baselines import StatsBaseline, dct_matrix
+from avssl.evaluate import ModelRef, embed_task, evaluate, resolve_model, run_probes, with_baselines
+from avssl.probe import average_precision, classification_metrics, d_prime, probe, roc_auc
 from avssl.tasks import Task, load_task
 from avssl.video import encode_audio
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from avssl.audio import load_audio
-from avssl.synthetic import class_table, generate_world, note_hz, read_labels, sample_clip_params
+from avssl.synthetic import class_table, generate_world, read_labels
+from avssl.synthetic_clip import note_hz, sample_clip_params
 from avssl.video import encode_audio
 
 NUISANCES = ["pitch_hz", "loudness_db", "tempo_hz", "x", "y", "scale", "noise_db", "noise_tilt", "distractors"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avssl.tasks import SPEECH_COMMANDS_12, TaskDataError, load_task, shared_tasks, task_folder
+from avssl.tasks import TaskDataError, load_task, shared_tasks, task_folder
+from avssl.tasks_published import SPEECH_COMMANDS_12
 from avssl.video import encode_audio
 
 SR = 16000

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .crops import choose_crop, crop_clip, crop_sample, resize_frames  # noqa: F401  (re-exported: defined here before)
+from .crops import crop_sample
 from .shardset import DataError, ShardSet, check_manifest, resolve_shards
 
 log = logging.getLogger(__name__)

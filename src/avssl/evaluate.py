@@ -29,16 +29,10 @@ import torch
 
 from .atomic import write_with
 from .audio import load_audio
-from .baselines import BASELINES, N_MFCC, StatsBaseline, dct_matrix  # noqa: F401  (re-exported: defined here before)
+from .baselines import BASELINES, StatsBaseline
 from .config import AudioConfig
-from .probe import (  # noqa: F401  (re-exported: the metrics and the probe were defined here)
-    WEIGHT_DECAYS,
-    accuracy,
-    average_precision,
-    classification_metrics,
-    d_prime,
+from .probe import (
     probe,
-    roc_auc,
 )
 from .reports import markdown_table, slug, write_plots
 from .tasks import TASKS, Example, Task, default_data_root, load_task, shared_tasks

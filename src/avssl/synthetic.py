@@ -41,8 +41,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .audio import AUDIO_SUFFIXES
-from .synthetic_audio import NOTE_MAX_SECONDS, TIMBRES, _bank_recording, render_audio  # noqa: F401  (re-exported)
-from .synthetic_clip import PITCH_RANGE_HZ, ClassSpec, ClipParams, note_hz, sample_clip_params  # noqa: F401  (re-exported)
+from .synthetic_audio import TIMBRES, _bank_recording, render_audio
+from .synthetic_clip import ClassSpec, sample_clip_params
 from .synthetic_video import COLOURS, SHAPES, TEXTURES, render_frames
 from .video import encode_video
 

@@ -24,10 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .audio import MEDIA_SUFFIXES  # noqa: F401  (re-exported: tests check the suffix set is shared)
-from .tasks_base import (  # noqa: F401  (re-exported: these were defined here)
-    CV_FOLDS,
-    CV_SEED,
+from .tasks_base import (
     Example,
     Fold,
     Task,
@@ -35,13 +32,10 @@ from .tasks_base import (  # noqa: F401  (re-exported: these were defined here)
     _audio_files,
     _class_order,
     _keep_existing,
-    cv_folds,
-    cv_splits,
     load_csv,
     load_folder,
 )
-from .tasks_published import (  # noqa: F401  (SPEECH_COMMANDS_12 re-exported: it was defined here)
-    SPEECH_COMMANDS_12,
+from .tasks_published import (
     _audioset,
     _esc,
     _nsynth,

@@ -36,7 +36,6 @@ from .checkpoint import CHECKPOINT, CheckpointError, load_for_resume, save_rotat
 from .config import Config, load_config, save_config
 from .data import make_loader
 from .losses import AUDIO_VIEWS
-from .optim import LARS, build_optimizer, lr_factor  # noqa: F401  (re-exported: they were defined here)
 from .trainer import Trainer, _rng_state, plan_views
 
 log = logging.getLogger(__name__)
