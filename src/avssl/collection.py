@@ -30,7 +30,7 @@ from .audio import LIST_SUFFIXES, load_audio
 from .checkpoint import file_sha1
 from .config import EMBED_FEATURES
 from .embed import Embedder, load_model
-from .inputs import media_files
+from .inputs import list_file_entries, media_files
 from .models import AUDIO_VIEWS
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
             for f in media_files(p):
                 items.append((f, f"{rel}/{f.relative_to(p).as_posix()}"))
         elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
-            for line in p.read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    q = Path(line) if Path(line).is_absolute() else p.parent / line
-                    add(q, q.name)
+            for _, q in list_file_entries(p):
+                add(q, q.name)
         else:
             items.append((p, rel))
 

@@ -57,6 +57,17 @@ def media_files(folder: Path) -> list[Path]:
                   if p.suffix.lower() in MEDIA_SUFFIXES and not p.name.startswith(".") and p.is_file())
 
 
+def list_file_entries(path: Path) -> list[tuple[str, Path]]:
+    """A list file's entries, ``(line, path)`` for each line that is not blank or a ``#`` comment; relative
+    paths are relative to the list file, non-UTF-8 bytes survive (surrogateescape). Raises ``OSError``."""
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append((line, Path(line) if Path(line).is_absolute() else path.parent / line))
+    return out
+
+
 def read_segments(csv_path: str | Path) -> list[tuple[str, float, float, tuple[str, ...]]]:
     """Rows ``(video_id, start_s, end_s, labels)`` of an AudioSet- or VGGSound-style CSV.
 
@@ -122,18 +133,15 @@ def collect_items(inputs: list[str | Path]) -> tuple[list[Item], list[dict[str, 
             csvs.append(p)
         elif p.suffix.lower() in LIST_SUFFIXES:
             try:
-                lines = p.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+                entries = list_file_entries(p)
             except OSError as e:
                 skipped.append({"path": str(p), "reason": "unreadable", "detail": f"list file: {e}"})
-                lines = []
-            for line in lines:
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    f = Path(line) if Path(line).is_absolute() else p.parent / line
-                    if f.exists():
-                        files.append((str(Path(line).with_suffix("")), f))
-                    else:
-                        skipped.append({"path": str(f), "reason": "unreadable", "detail": f"listed in {p}, not found"})
+                entries = []
+            for line, f in entries:
+                if f.exists():
+                    files.append((str(Path(line).with_suffix("")), f))
+                else:
+                    skipped.append({"path": str(f), "reason": "unreadable", "detail": f"listed in {p}, not found"})
         else:
             files.append((p.stem, p))
     items: list[Item] = []
