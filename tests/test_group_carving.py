@@ -30,7 +30,8 @@ def test_carve_keeps_groups_whole_and_stratifies(seed):
     tr, va = probe._carve(multi, 0.2, seed, groups)
     assert _no_straddle(groups, tr, va) and 0 < len(va) < 60
     plain_tr, plain_va = probe._carve(y, 0.2, seed)  # without groups: the old stratified carving
-    assert len(plain_va) == 12
+    assert sorted(np.r_[plain_tr, plain_va].tolist()) == list(range(60))
+    assert np.bincount(y[plain_va], minlength=4).tolist() == [3, 3, 3, 3]
 
 
 def _esc_layout(root: Path) -> Path:

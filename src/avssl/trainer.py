@@ -140,7 +140,8 @@ class Trainer:
         batch, mix_matrix = _augment_and_mix(batch, cfg, self.generator)
         with self.autocast():
             emb = _embed(self.train_model, batch, self.two_crop, "video" in cfg.model.views)
-        losses = self.loss_fn(emb, mix_matrix, batch.source_ids().to(self.device))
+        sources = batch.source_ids().to(self.device) if self.loss_fn.mask_same_source else None
+        losses = self.loss_fn(emb, mix_matrix, sources)
         total = torch.stack(list(losses.values())).sum()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
