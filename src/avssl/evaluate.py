@@ -125,12 +125,9 @@ class AudioCache:
         return self._audio[key]
 
 
-def _load_clip(ex: Example, sample_rate: int, whole: Callable[[Path, int], np.ndarray],
-               decode: Callable[[Path, int], np.ndarray] = load_audio) -> np.ndarray:
-    """Decode an example's audio (mono float32 at ``sample_rate``) with ``decode``, cut to its segment if any."""
-    if ex.start == 0.0 and ex.duration is None:
-        return decode(ex.path, sample_rate)
-    audio = whole(ex.path, sample_rate)  # segments reuse their decoded source file
+def _load_clip(ex: Example, sample_rate: int, decode: Callable[[Path, int], np.ndarray]) -> np.ndarray:
+    """An example's audio (mono float32 at ``sample_rate``) from ``decode``, cut to its segment if any."""
+    audio = decode(ex.path, sample_rate)
     i = int(round(ex.start * sample_rate))
     j = len(audio) if ex.duration is None else i + int(round(ex.duration * sample_rate))
     return audio[i:j]
@@ -144,14 +141,15 @@ def _embed_examples(
     from tqdm import tqdm
 
     sr = encoder.sample_rate
-    decode = audio_cache or load_audio
-    whole = audio_cache or functools.lru_cache(maxsize=8)(load_audio)
+    # consecutive segments of one source file decode it once (2 files held at most); a sweep's AudioCache
+    # keeps every file across models
+    decode = audio_cache or functools.lru_cache(maxsize=2)(load_audio)
     out: list[np.ndarray] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool, tqdm(
         total=len(examples), desc=desc, disable=not progress, unit="clip"
     ) as bar:
         for i in range(0, len(examples), batch_size):
-            clips = list(pool.map(lambda ex: _load_clip(ex, sr, whole, decode), examples[i : i + batch_size]))
+            clips = list(pool.map(lambda ex: _load_clip(ex, sr, decode), examples[i : i + batch_size]))
             emb = np.asarray(encoder.embed(clips, sr), dtype=np.float32)
             if emb.shape[0] != len(clips) or emb.ndim != 2 or not np.isfinite(emb).all():
                 raise RuntimeError(f"{desc}: the encoder returned {emb.shape} (finite: {np.isfinite(emb).all()}) "
