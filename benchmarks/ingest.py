@@ -275,7 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["formats", "speed", "memory"])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data root (has videos/)")
-    parser.add_argument("--generated", type=int, default=16, help="number of generated 10 s 360p videos")
+    parser.add_argument("--generated", type=int, default=16, help="number of generated 10 s 360p videos (0: none)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=3, help="speed: rounds per pipeline (the median is reported)")
     parser.add_argument("--size", type=int, default=64)
@@ -301,7 +301,8 @@ def main() -> None:
         rows += bench_speed(f"{len(real)} real clips", real, args.workers, args.size, args.fps, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         gen = _generate(Path(tmp) / "gen", args.generated)
-        rows += bench_speed(f"{len(gen)} generated 10 s 640x360 30 fps", gen, args.workers, args.size, args.fps, args.repeats)
+        if gen:
+            rows += bench_speed(f"{len(gen)} generated 10 s 640x360 30 fps", gen, args.workers, args.size, args.fps, args.repeats)
     print("\n".join(rows))
 
 

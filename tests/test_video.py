@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from avssl.video import MediaError, decode_video, encode_video
+from avssl.video import MediaError, _encode_audio_stream, decode_video, encode_video
 
 RATE = 16000
 CHANGES = [0.0, 0.73, 1.41, 2.26]  # seconds at which colour and tone change
@@ -156,3 +156,55 @@ def test_media_errors(tmp_path):
     with pytest.raises(MediaError) as e:
         decode_video(tmp_path / "t.mp4")
     assert e.value.reason == "corrupt"
+
+
+def _encode_with_b_frames(path, vcodec, fps=30, seconds=3.0):
+    """A video whose every frame differs (moving noise), encoded with B-frames (non-reference frames)."""
+    import av
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (72, 128, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(vcodec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 128, 72, "yuv420p"
+        if vcodec == "libx264":
+            stream.options = {"preset": "ultrafast", "x264-params": "bframes=3:b-adapt=0:b-pyramid=none"}
+        else:
+            stream.codec_context.max_b_frames = 2
+        stream.codec_context.thread_count = 1
+        astream = container.add_stream("aac", rate=RATE, layout="mono")
+        for i in range(int(fps * seconds)):
+            frame = av.VideoFrame.from_ndarray(np.roll(base, 3 * i, axis=1), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+        _encode_audio_stream(container, astream, _source_audio(seconds), RATE)
+
+
+@pytest.mark.parametrize("vcodec", ["libx264", "mpeg4"])
+@pytest.mark.parametrize("fps", [10.0, 7.5, 30.0])
+def test_skipped_frames_change_nothing(tmp_path, monkeypatch, vcodec, fps):
+    """Frames the sampler cannot pick are not decoded; the output equals decoding every frame."""
+    from avssl import align
+
+    path = tmp_path / "b.mp4"
+    _encode_with_b_frames(path, vcodec)
+    skipped = []
+    before = align.FrameSkipper.before
+
+    def counting(self, packet):
+        before(self, packet)
+        skipped.append(self.skipping)
+
+    monkeypatch.setattr(align.FrameSkipper, "before", counting)
+    fast = [decode_video(path, RATE, fps, 16, threads=t) for t in (1, 0)]
+    monkeypatch.setattr(align.FrameSkipper, "before", lambda self, packet: None)
+    full = decode_video(path, RATE, fps, 16, threads=1)
+    for dec in fast:
+        assert dec.duration == full.duration and np.array_equal(dec.frames, full.frames)
+        assert np.array_equal(dec.audio, full.audio)
+    assert len(full.frames) == int(np.ceil(full.duration * fps - 1e-6)) and full.frames.std() > 10
+    if fps < 30:
+        assert sum(skipped) > 0.2 * len(skipped)  # most B-frames fall between the picked times

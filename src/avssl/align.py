@@ -12,6 +12,7 @@ chunked) and only samples that no later chunk can change are fed to it.
 from __future__ import annotations
 
 import math
+from collections import deque
 from fractions import Fraction
 
 import numpy as np
@@ -95,6 +96,51 @@ class FrameSampler:
         """The next ``count`` (or fewer, if fewer are left) emitted frames, ``uint8[count, size, size, 3]``."""
         frames, self.pending = self.pending[:count], self.pending[count:]
         return np.stack(frames) if frames else np.zeros((0, self.size, self.size, 3), np.uint8)
+
+
+class FrameSkipper:
+    """Tells the video decoder to skip, before decoding, the frames that :class:`FrameSampler` would not pick.
+
+    A source frame at time ``s`` is picked only if an output time falls in ``[s, next frame's time)``
+    (up to the sampler's 1 ms rounding). Before a packet is decoded its presentation time is known, and
+    the earliest later presentation time among the recent packets is an upper bound on the next
+    frame's; when no output time falls inside that wider interval the frame cannot be picked, and the
+    decoder is set to skip it if it is a non-reference frame (``skip_frame="NONREF"``: a reference
+    frame is still decoded, since later frames depend on it, and a skipped frame changes no other
+    frame's pixels). So the kept frames and their pixels are exactly those of decoding every frame;
+    at 30 fps in, 10 fps out, most B-frames go undecoded.
+    """
+
+    def __init__(self, sampler: FrameSampler, codec_context, time_base: Fraction, window: int = 16):
+        self.sampler, self.ctx, self.time_base = sampler, codec_context, time_base
+        self.recent: deque[float] = deque(maxlen=window)  # presentation times of the latest packets
+        self.skipping = False
+        self.skipped = 0  # packets sent to the decoder while it skips non-reference frames
+
+    def _unpicked(self, s: float, s_up: float) -> bool:
+        """No output time can be displayed by a frame at ``s`` whose successor comes no later than ``s_up``."""
+        sp = self.sampler
+        if sp.prev is None or s <= sp.prev[0] or s_up == math.inf:
+            return False  # the first frame, or output out of order: decode it
+        i = max(sp.emitted, int(math.floor((s - sp.t0) * sp.fps)) - 2)
+        while sp.t0 + i / sp.fps + 1e-3 < s:  # the sampler's own test: first output this frame could show
+            i += 1
+        if sp.limit is not None and i >= sp.limit:
+            return True
+        return sp.t0 + i / sp.fps + 1e-3 >= s_up
+
+    def before(self, packet) -> None:
+        """Set the decoder's skip mode for ``packet`` (a packet of the sampled video stream)."""
+        skip = False
+        if packet.pts is not None:
+            s = float(packet.pts * self.time_base)
+            s_up = min((t for t in self.recent if t > s), default=math.inf)
+            skip = self._unpicked(s, s_up)
+            self.recent.append(s)
+        if skip != self.skipping:
+            self.ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+            self.skipping = skip
+        self.skipped += skip
 
 
 class AudioAligner:

@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .align import ClipAssembler, FrameSampler, frame_count
+from .align import ClipAssembler, FrameSampler, FrameSkipper, frame_count
 from .audio import frame_to_mono, stream_end_time
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,11 @@ class ClipReader:
         import av
 
         errors = 0
+        skipper = FrameSkipper(asm.sampler, vstream.codec_context, vstream.time_base) if vstream is not None else None
         try:
             for packet in container.demux([astream] + ([vstream] if vstream is not None else [])):
+                if skipper is not None and packet.stream is vstream:
+                    skipper.before(packet)
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError as e:
