@@ -1,6 +1,8 @@
 """``load_model(..., int8=True)``: int8 blocks calibrated once at load, so embeddings are deterministic,
 batch-invariant and close to float32."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +79,30 @@ def test_cli_int8_outputs_and_settings(tmp_path, ckpt):
     assert cli_main(["embed", str(ckpt), str(wav), "--out", str(old), "--device", "cpu", "--no-progress"]) == 0
     with pytest.raises(ValueError, match="other settings"):
         cli_main(["embed", str(ckpt), str(wav), "--out", str(old), "--device", "cpu", "--no-progress", "--int8"])
+
+
+def test_eval_int8_embeds_with_the_int8_tower_into_its_own_cache(tmp_path, ckpt):
+    from avssl.cli import main as cli_main
+    from avssl.evaluate import embed_task, resolve_model
+    from avssl.tasks import load_task
+    from test_evaluate import _tone_folder
+
+    torch.set_num_threads(1)
+    task = f"folder:{_tone_folder(tmp_path / 'tones')}"
+    args = ["eval", str(ckpt), "--task", task, "--out", str(tmp_path / "out"), "--seeds", "1", "--no-plots",
+            "--device", "cpu"]
+    assert cli_main(args + ["--int8"]) == 0
+    assert cli_main(args + ["--no-baselines"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    ids = {r["model"]: r["model_id"] for r in records[:4]}  # the int8 run: checkpoint, random-init, 2 baselines
+    assert ids[str(ckpt)].endswith("-int8") and ids[f"random-init:{ckpt}"].endswith("-int8")
+    assert not ids["logmel-stats"].endswith("-int8")  # baselines have no tower: the same cache either way
+    assert records[4]["model_id"] == ids[str(ckpt)].removesuffix("-int8")  # float32: another cache
+    t = load_task(task, None)
+    cache = tmp_path / "out" / "embeddings"
+    q, f = (embed_task(resolve_model(str(ckpt), device="cpu", int8=i), t, cache, progress=False) for i in (True, False))
+    ref = load_model(ckpt, device="cpu", int8=True)
+    from avssl.audio import load_audio
+
+    np.testing.assert_array_equal(q[0], ref.embed(load_audio(t.examples[0].path, SR), SR)[0])  # the int8 tower's
+    assert _cosine(q, f).min() > 0.999 and not np.array_equal(q, f)  # measured: 0.999998 (random weights)

@@ -64,11 +64,12 @@ class ModelRef:
 
 
 def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", seed: int = 0,
-                  features: str | None = None) -> ModelRef:
+                  features: str | None = None, int8: bool = False) -> ModelRef:
     """``logmel-stats`` | ``mfcc-stats`` | ``random-init:PRESET_OR_CKPT`` (the architecture of a
     config preset or checkpoint, untrained, initialised with ``seed``) | a checkpoint path.
     ``features`` (``pooled`` | ``layers``, default: the config's ``embed.features``) is passed to the
-    :class:`avssl.embed.Embedder` of a model; baselines ignore it."""
+    :class:`avssl.embed.Embedder` of a model; baselines ignore it. ``int8``: a model's tower runs in int8 on the
+    CPU (:func:`avssl.embed.quantize_int8`; its own embedding cache); baselines ignore it too."""
     if spec in BASELINES:
         return ModelRef(spec, f"{spec}-{_config_hash(AudioConfig())}", StatsBaseline(spec))
     from .config import config_json, load_config
@@ -85,7 +86,11 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
         model = random_model(cfg, seed, views=[view])
         cfg_id = hashlib.sha1(config_json(cfg).encode()).hexdigest()[:12]
         encoder = Embedder.from_model(model, cfg, view=view, features=features).to(torch.device(device or "cpu"))
-        return ModelRef(spec, slug(f"random-init-{cfg_id}-s{seed}-{view}{_features_tag(encoder)}"), encoder)
+        if int8:
+            from .embed import quantize_int8
+
+            encoder.tower = quantize_int8(encoder.tower, encoder.window, encoder.sample_rate)
+        return ModelRef(spec, slug(f"random-init-{cfg_id}-s{seed}-{view}{_features_tag(encoder, int8)}"), encoder)
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
@@ -95,13 +100,13 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
     from .checkpoint import file_sha1
     from .embed import load_model
 
-    encoder = load_model(path, device=device, view=view, features=features)
-    return ModelRef(spec, slug(f"{path.stem}-{file_sha1(path)[:12]}-{view}{_features_tag(encoder)}"), encoder)
+    encoder = load_model(path, device=device, view=view, features=features, int8=int8)
+    return ModelRef(spec, slug(f"{path.stem}-{file_sha1(path)[:12]}-{view}{_features_tag(encoder, int8)}"), encoder)
 
 
-def _features_tag(encoder: Any) -> str:
-    """Cache-id suffix of an embedder's feature choice (empty for the default, so old caches stay valid)."""
-    return "" if encoder.features == "pooled" else f"-{encoder.features}"
+def _features_tag(encoder: Any, int8: bool = False) -> str:
+    """Cache-id suffix of an embedder's feature choice and int8 (empty for the defaults, so old caches stay valid)."""
+    return ("" if encoder.features == "pooled" else f"-{encoder.features}") + ("-int8" if int8 else "")
 
 
 def _config_hash(cfg: AudioConfig) -> str:
@@ -253,19 +258,22 @@ def evaluate(
     batch_size: int = 32,
     plots: bool = True,
     progress: bool = True,
+    int8: bool = False,
 ) -> list[dict]:
     """Evaluate every model spec on every task; returns one record per (model, task).
 
     Records are appended to ``<out>/results.jsonl``; ``<out>/results.md`` gets this call's table
     and ``<out>/plots/`` its figures. Embeddings are cached below ``cache_dir`` (default
-    ``<out>/embeddings``), so a rerun only re-probes."""
+    ``<out>/embeddings``), so a rerun only re-probes. ``int8``: models (not baselines) embed with their towers in
+    int8 on the CPU (:func:`avssl.embed.quantize_int8`; probes still run on ``device``)."""
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "embeddings"
-    refs = [resolve_model(m, device=device, view=view, features=features) for m in models]
+    refs = [resolve_model(m, device="cpu" if int8 else device, view=view, features=features, int8=int8)
+            for m in models]
     records: list[dict] = []
     figures: dict[str, dict[str, Any]] = {}
     for task_name in tasks:
@@ -321,6 +329,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-baselines", action="store_true",
                         help="do not add logmel-stats, mfcc-stats and random-init:CKPT beside each checkpoint")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--int8", action="store_true",
+                        help="models embed with their towers in int8 on the CPU (faster; see docs/benchmarks-embed.md)")
 
 
 def with_baselines(models: list[str]) -> list[str]:
@@ -354,8 +364,8 @@ def run_eval(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         records = evaluate(models, tasks, data_root, args.out, seeds=args.seeds, device=args.device, view=args.view,
-                           features=args.features,
-                           cache_dir=args.cache_dir, batch_size=args.batch_size, plots=not args.no_plots)
+                           features=args.features, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                           plots=not args.no_plots, int8=args.int8)
     except FileNotFoundError as e:  # missing checkpoint or dataset: the message says which and where
         log.error("%s", e)
         return 2
