@@ -136,3 +136,21 @@ def test_pcm_to_float_scales_integer_pcm():
     np.testing.assert_array_equal(pcm_to_float(np.array([-(2**31), 2**30], np.int32)), [-1.0, 0.5])
     x = np.array([0.25, -2.0], np.float64)
     assert pcm_to_float(x).dtype == np.float32 and np.array_equal(pcm_to_float(x), x)
+
+
+def test_stft_stays_out_of_compiled_graphs_and_eager_never_imports_dynamo():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, avssl.collection, avssl.audio as a; a.LogMel()(torch.randn(1, 4000)); "
+            "print('torch._dynamo' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    ops = []
+
+    def backend(gm, inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    m, x = LogMel(), torch.randn(2, 4000)
+    torch.testing.assert_close(torch.compile(m, backend=backend)(x), m(x), rtol=0, atol=0)
+    assert ops and "matmul" in " ".join(ops) and not any("stft" in o for o in ops)  # the STFT ran outside
