@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import AudioConfig
+from .dft import FoldedPowerSpectrum
 
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".aif", ".aiff"})
@@ -341,9 +342,9 @@ class LogMel(nn.Module):
     """Waveform ``float32[B, N]`` -> log-mel ``float32[B, n_mels, T]``, T = N // hop + 1.
 
     Centred frames (zero padding of n_fft // 2 at both ends), power spectrum, mel filters,
-    ``log(mel + log_offset)``. With ``export_mode=True`` the STFT is computed as a strided
-    convolution with a windowed DFT basis (same numbers, but ONNX-exportable); the default
-    uses ``torch.stft``.
+    ``log(mel + log_offset)``. The default uses ``torch.stft``; with ``export_mode=True`` the power
+    spectrum is real matrix products (:class:`avssl.dft.FoldedPowerSpectrum`: the same numbers within
+    float32 rounding, ONNX-exportable, only the frequency bins the mel filters use).
     """
 
     def __init__(self, cfg: AudioConfig | None = None, export_mode: bool = False):
@@ -359,29 +360,24 @@ class LogMel(nn.Module):
         self.register_buffer("window", win.float(), persistent=False)
         fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
         self.register_buffer("mel_fb", torch.from_numpy(fb.copy()), persistent=False)
-        n_bins = cfg.n_fft // 2 + 1
-        k = torch.arange(n_bins, dtype=torch.float64)[:, None]
-        n = torch.arange(cfg.n_fft, dtype=torch.float64)[None, :]
-        ang = 2 * math.pi * k * n / cfg.n_fft
-        basis = torch.cat([torch.cos(ang), -torch.sin(ang)]) * win[None, :]
-        self.register_buffer("dft_basis", basis.float()[:, None, :], persistent=False)  # [2*bins, 1, n_fft]
+        used = np.flatnonzero(fb.any(axis=0))  # the bins some mel filter reads
+        bins = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
+        self.folded = FoldedPowerSpectrum(cfg.n_fft, cfg.hop_length, win, bins)
+        self.register_buffer("mel_fb_used", torch.from_numpy(fb[:, bins[0] : bins[1]].T.copy()), persistent=False)
 
     def power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` -> ``|STFT|^2`` as ``[B, n_fft//2+1, T]``."""
+        """``[B, N]`` -> ``|STFT|^2`` as ``[B, n_fft//2+1, T]`` (``torch.stft``)."""
         cfg = self.cfg
-        if self.export_mode:
-            x = F.pad(wave[:, None, :], (cfg.n_fft // 2, cfg.n_fft // 2))
-            spec = F.conv1d(x, self.dft_basis, stride=cfg.hop_length)
-            re, im = spec.chunk(2, dim=1)
-            return re * re + im * im
         stft = _stft_power_uncompiled if torch.compiler.is_compiling() else _stft_power
         return stft(wave, cfg.n_fft, cfg.hop_length, self.window)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.dim() != 2:
             raise ValueError(f"LogMel expects a waveform batch [B, N], got shape {tuple(wave.shape)}")
-        power = self.power_spectrogram(wave.float())
-        mel = torch.matmul(self.mel_fb, power)
+        if self.export_mode:
+            mel = torch.matmul(self.folded(wave.float()), self.mel_fb_used)  # [B, T, n_mels]
+            return torch.log(mel + self.cfg.log_offset).transpose(1, 2)
+        mel = torch.matmul(self.mel_fb, self.power_spectrogram(wave.float()))
         return torch.log(mel + self.cfg.log_offset)
 
     def num_frames(self, num_samples: int) -> int:

@@ -3,9 +3,9 @@ settings measured fastest on CPUs (``benchmarks/speed.py``).
 
 Imports only inference code. The graph: ``audio`` float32[batch, samples] mono at the model's rate ->
 ``embedding`` float32[batch, D], the tower's pooled features of that input (no windowing: the caller windows
-long audio as :mod:`avssl.embed` does). Batch and length are dynamic. The front-end's STFT is written as a
-strided convolution with a windowed DFT basis (the TorchScript exporter cannot export a complex
-``torch.stft``).
+long audio as :mod:`avssl.embed` does). Batch and length are dynamic. The front-end's power spectrum is
+real matrix products over folded sample pairs (:class:`avssl.dft.FoldedPowerSpectrum`; the TorchScript
+exporter cannot export a complex ``torch.stft``, and onnxruntime's STFT operator was slower).
 """
 
 from __future__ import annotations
