@@ -8,7 +8,8 @@
   ours:  ``avssl.ingest.ingest`` (decode, align, scale in swscale, encode, write tar shards)
   (a)    the two-step FFmpeg command line of research pipelines: per video one ``ffmpeg`` call for
          16 kHz mono wav, one for frames at the target fps and size (JPEG), then packing into tars
-  (b)    the floor: PyAV decoding the same audio and video streams and doing nothing else
+  (b)    PyAV decoding every audio and video frame of the same streams and doing nothing else (ingest
+         itself decodes less: non-reference frames that no output time picks are skipped)
 It needs an ``ffmpeg`` binary on PATH for (a) (``apt-get install -y ffmpeg``; benchmark only).
 ``memory`` ingests one generated low-resolution video (96x64, 10 fps, 44.1 kHz mono AAC) of each
 length in a fresh child process (``workers=1``, default config) and reports the child's peak RSS
@@ -40,6 +41,7 @@ from avssl.ingest import ingest, media_files
 from avssl.shards import Clip, decode_sample, encode_sample
 from avssl.video import MediaError, decode_video, encode_video
 
+_B = "(b) PyAV decode of every frame, nothing else"
 DEFAULT_DATA = Path(os.environ.get("AVSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -186,6 +188,11 @@ def _time_cli(paths: list[Path], workers: int, tmp: str, size: int, fps: float) 
     return time.perf_counter() - t0
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (other jobs on the machine skew wall times, less so CPU times)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def _cpu_seconds() -> float:
     """User + system CPU seconds of this process and its finished children (pool workers, ffmpeg)."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -199,7 +206,7 @@ def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: floa
     seconds = _media_seconds(paths)
     for p in paths:
         p.read_bytes()
-    pipelines = {"avssl ingest": _time_ours, "(a) ffmpeg CLI x2 + packing": _time_cli, "(b) PyAV decode only (floor)": _time_floor}
+    pipelines = {"avssl ingest": _time_ours, "(a) ffmpeg CLI x2 + packing": _time_cli, _B: _time_floor}
     if not shutil.which("ffmpeg"):
         del pipelines["(a) ffmpeg CLI x2 + packing"]
     walls: dict[str, list[float]] = {label: [] for label in pipelines}
@@ -213,16 +220,17 @@ def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: floa
                 cpus[label].append(_cpu_seconds() - cpu0)
     ours, ours_cpu = float(np.median(walls["avssl ingest"])), float(np.median(cpus["avssl ingest"]))
     rows, n = [], len(paths)
-    for label in ("avssl ingest", "(a) ffmpeg CLI x2 + packing", "(b) PyAV decode only (floor)"):
+    for label in ("avssl ingest", "(a) ffmpeg CLI x2 + packing", _B):
         if label not in walls:
-            rows.append(f"| {name} | {label} | not run (no ffmpeg on PATH) | | | | |")
+            rows.append(f"| {name} | {label} | not run (no ffmpeg on PATH) | | | | | | |")
             continue
         wall = float(np.median(walls[label]))
         per_round = ", ".join(f"{w / o:.2f}" for w, o in zip(walls[label], walls["avssl ingest"]))
+        cpu_rounds = ", ".join(f"{c / o:.2f}" for c, o in zip(cpus[label], cpus["avssl ingest"]))
         cpu = float(np.median(cpus[label]))
         rows.append(f"| {name} | {label} | {n / wall:.2f} | {seconds / wall:.1f}x | {wall / ours:.2f} | {per_round} "
-                    f"| {cpu:.1f} s ({cpu / ours_cpu:.2f}) |")
-    print(f"{name}: {n} files ({seconds:.0f} s of media), {repeats} rounds", file=sys.stderr)
+                    f"| {min(walls[label]):.1f} s | {cpu:.1f} s ({cpu / ours_cpu:.2f}) | {cpu_rounds} |")
+    print(f"{name}: {n} files ({seconds:.0f} s of media), {repeats} rounds; load average after: {_load()}", file=sys.stderr)
     return rows
 
 
@@ -292,9 +300,10 @@ def main() -> None:
         return
     print(f"{machine()}; workers={args.workers}; {args.size}x{args.size} at {args.fps} fps; "
           f"ffmpeg: {subprocess.run(['ffmpeg', '-version'], capture_output=True, text=True).stdout.split(chr(10))[0] if shutil.which('ffmpeg') else 'absent'}\n")
+    print(f"load average before: {_load()}\n")
     print("| inputs | pipeline | files per second | real-time factor | wall time relative to avssl ingest (median) "
-          "| per round | CPU time, all processes (relative) |")
-    print("|---|---|---:|---:|---:|---|---:|")
+          "| per round | best wall | CPU time, all processes (relative) | CPU relative, per round |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---|")
     rows = []
     real = _videos(args.data) if (args.data / "videos").is_dir() else []
     if real:
