@@ -135,3 +135,31 @@ def test_stream_without_samples_is_an_error(tmp_path):
     path.write_bytes(b"RIFF")
     with pytest.raises(AudioDecodeError, match="empty.bin"):
         load_audio(path)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_collection_decoding_threads_keep_order_and_report_bad_files(tmp_path, workers):
+    from avssl.collection import decoded
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(7):
+        if i == 4:
+            paths.append(tmp_path / "missing.wav")
+            continue
+        x = (0.1 * rng.standard_normal(800 + 300 * i)).astype(np.float32)
+        paths.append(encode_audio(tmp_path / f"{i}.{'opus' if i % 2 else 'wav'}", x, 16000))
+    inline = list(decoded(paths, 16000, 0))
+    threaded = list(decoded(paths, 16000, workers))
+    assert len(threaded) == len(paths)
+    for (a, ea), (b, eb), p in zip(inline, threaded, paths):
+        assert ea == eb
+        if p.name == "missing.wav":
+            assert a is None and "no such file" in eb
+        else:
+            assert eb is None
+            np.testing.assert_array_equal(b.numpy(), load_audio(p, 16000))
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    early = decoded(paths, 16000, workers)  # a consumer that stops early leaves no thread behind
+    next(early)
+    early.close()

@@ -1,8 +1,10 @@
 """``avssl embed`` over collections: files, folders and list files -> one ``.npz`` per input, resumable.
 
-Decoding and resampling run in ``workers`` background processes (a ``torch.utils.data.DataLoader`` over the
-inputs, in order, a few files ahead) while the tower runs in this process, so the two overlap on separate
-cores; the tower runs once per file, also with ``timestamps`` (:meth:`avssl.embed.Embedder.embed_with_timestamps`).
+Decoding and resampling run in ``workers`` background threads (in order, a few files ahead) while the tower
+runs, so the two overlap on separate cores (PyAV, soxr and torch release the GIL while they compute; threads
+measured cheaper than decoding processes, which pay for passing every waveform between processes:
+docs/benchmarks-embed.md); the tower runs once per file, also with ``timestamps``
+(:meth:`avssl.embed.Embedder.embed_with_timestamps`).
 
 Interruption safety: each output is written to a hidden temp name beside it (``.NAME.tmp``, the same name for
 the same output, so a rerun overwrites a leftover) and renamed when complete; a rerun keeps every output whose
@@ -13,11 +15,13 @@ Imports only inference code.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,32 +94,31 @@ def _made_from(path: Path) -> str | None:
 
 
 
-class _Decode(torch.utils.data.Dataset):
-    """``i`` -> ``(audio float32[N] at sample_rate or None, error message or None)`` for the ``i``-th path."""
-
-    def __init__(self, paths: list[Path], sample_rate: int):
-        self.paths, self.sample_rate = paths, sample_rate
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray | None, str | None]:
-        try:
-            return load_audio(self.paths[i], self.sample_rate), None
-        except Exception as e:  # a bad file must not stop a long run: report why, go on
-            return None, f"{type(e).__name__}: {e}"
+def _decode(path: Path, sample_rate: int) -> tuple[torch.Tensor | None, str | None]:
+    """``(audio float32[N] at sample_rate, None)`` or ``(None, error message)``."""
+    try:
+        return torch.from_numpy(load_audio(path, sample_rate)), None
+    except Exception as e:  # a bad file must not stop a long run: report why, go on
+        return None, f"{type(e).__name__}: {e}"
 
 
 def decoded(paths: list[Path], sample_rate: int, workers: int) -> Iterator[tuple[torch.Tensor | None, str | None]]:
-    """Decode ``paths`` in order in ``workers`` processes (0: in this one), at most ``2 * workers`` files ahead;
-    yield ``(audio float32[N] or None, error or None)`` per path. The workers exit with this process."""
-    loader = torch.utils.data.DataLoader(_Decode(paths, sample_rate), batch_size=None, shuffle=False,
-                                         num_workers=workers, prefetch_factor=2 if workers else None)
-    yield from loader
+    """Decode ``paths`` in order in ``workers`` threads (0: in the caller's), at most ``2 * workers`` files ahead;
+    yield ``(audio float32[N] or None, error or None)`` per path."""
+    if workers <= 0:
+        yield from (_decode(p, sample_rate) for p in paths)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="avssl-decode") as pool:
+        ahead = collections.deque(pool.submit(_decode, p, sample_rate) for p in paths[: 2 * workers])
+        for p in paths[2 * workers :]:
+            yield ahead.popleft().result()
+            ahead.append(pool.submit(_decode, p, sample_rate))
+        while ahead:
+            yield ahead.popleft().result()
 
 
 def tower_threads(workers: int) -> int:
-    """Torch threads for the tower beside ``workers`` decoding processes: the cores this process may use
+    """Torch threads for the tower beside ``workers`` decoding threads: the cores this process may use
     minus the workers, at least 1 (OpenMP threads that share a core with a busy decoder wait for each other at
     every operator, which made 2 threads several times slower than 1 on 2 cores; docs/benchmarks-embed.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -165,7 +168,7 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     float32[T, D] when ``timestamps``. ``out_dir/index.jsonl`` (``index-{rank}-of-{num_nodes}.jsonl`` when
     split) has one row per input: ``input``, ``output``, ``status`` (``ok``, ``done`` = kept from an earlier
     run, ``skipped``), ``reason``. Existing outputs made from the same input are kept (resume). Inputs are
-    split ``node_rank::num_nodes`` across processes. ``workers`` decoding processes run beside the tower;
+    split ``node_rank::num_nodes`` across processes. ``workers`` decoding threads run beside the tower;
     ``threads`` sets the tower's torch threads (default: the cores left after the ``workers``, at least 1);
     ``int8`` runs the tower in int8 (:func:`avssl.embed.quantize_int8`).
     """
@@ -250,7 +253,7 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-nodes", type=int, default=None, help="split the inputs across this many processes")
     p.add_argument("--node-rank", type=int, default=None, help="this process's share (0..num-nodes-1)")
     p.add_argument("--workers", type=int, default=1,
-                   help="decoding processes running beside the tower (default 1; 0 = decode in between)")
+                   help="decoding threads running beside the tower (default 1; 0 = decode in between)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the tower (default: the cores left after --workers, at least 1)")
     p.add_argument("--int8", action="store_true", help="run the tower in int8 on the CPU (faster; see docs)")
