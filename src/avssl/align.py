@@ -57,10 +57,10 @@ class FrameSampler:
 
     def _convert(self, frame) -> np.ndarray:
         w, h = _scaled_size(frame.width, frame.height, self.sar, self.size)
-        # threads=1: PyAV's default (0) splits every frame over all cores; for these small outputs the
-        # threads' hand-offs cost ~15 % more CPU, and under load a frame waits for its slowest slice
-        img = self.reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA",
-                                        threads=1).to_ndarray()  # fmt: skip
+        # PyAV's default scaler threads (one per core), kept on purpose: one thread costs ~15 % less scaling
+        # CPU alone, but in a worker pool on a loaded machine it made ingest slower in wall time and no
+        # cheaper in CPU (docs/benchmarks-ingest.md)
+        img = self.reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
         y0, x0 = (h - self.size) // 2, (w - self.size) // 2
         img = img[y0 : y0 + self.size, x0 : x0 + self.size]
         # Display matrix: the picture is shown rotated counter-clockwise by ``rotation`` degrees.
