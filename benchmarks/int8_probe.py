@@ -20,7 +20,8 @@ import torch
 
 from avssl.checkpoint import file_sha1
 from avssl.embed import load_model
-from avssl.evaluate import AudioCache, ModelRef, embed_task, run_probes
+from avssl.evaluate import AudioCache, ModelRef, embed_task
+from avssl.probe import run_probes
 from avssl.tasks import load_task, shared_tasks
 
 

@@ -23,16 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avssl.evaluate import embed_task, resolve_model, run_probes
+from avssl.evaluate import embed_task, resolve_model
+from avssl.probe import run_probes
 from avssl.tasks import load_task
 
 
 def block_slices(encoder) -> list[slice]:
-    """The ``layers`` vector's slice of each block: ``2 * F_i`` values (mean, then std) per block."""
-    with torch.inference_mode():
-        dims = [x.shape[-1] for x in encoder.tower.forward_layers(torch.zeros(1, encoder.window))]
-    ends = np.cumsum([2 * d for d in dims])
-    return [slice(int(e - 2 * d), int(e)) for e, d in zip(ends, dims)]
+    """The ``layers`` vector's slice of each block (``Embedder.layer_dims``: mean, then std, per block)."""
+    ends = np.cumsum(encoder.layer_dims)
+    return [slice(int(e - d), int(e)) for e, d in zip(ends, encoder.layer_dims)]
 
 
 def model_spec(sweep: Path, cell: dict) -> str | None:

@@ -11,7 +11,8 @@ import torch
 
 from avssl.audio import LogMel
 from avssl.baselines import StatsBaseline, dct_matrix
-from avssl.evaluate import ModelRef, embed_task, evaluate, resolve_model, run_probes, with_baselines
+from avssl.evaluate import ModelRef, embed_task, evaluate, resolve_model, with_baselines
+from avssl.probe import run_probes
 from avssl.probe import average_precision, classification_metrics, d_prime, probe, roc_auc
 from avssl.tasks import Task, load_task
 from avssl.video import encode_audio

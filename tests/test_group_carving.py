@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import avssl.evaluate as evaluate
 import avssl.probe as probe
 from avssl.tasks import load_task
 
@@ -67,7 +66,7 @@ def test_esc50_probe_carves_validation_by_source_recording(tmp_path, monkeypatch
     carve = probe._carve
     monkeypatch.setattr(probe, "_carve", spy)
     x = np.random.default_rng(0).standard_normal((len(task.examples), 4)).astype(np.float32)
-    summary, _ = evaluate.run_probes(task, x, seeds=2)
+    summary, _ = probe.run_probes(task, x, seeds=2)
     assert len(carved) == 5 * 2 and all(r["num_valid"] > 0 for r in summary["runs"])
     for groups, tr, va in carved:
         assert groups is not None and len(groups) == 48  # the 4 training folds

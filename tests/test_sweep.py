@@ -145,3 +145,17 @@ def test_lock_of_a_dead_process_is_taken_over(world, tmp_path):
     assert _sweep(world, out, "--grid", "augment.mix=none") == 0
     assert (run / "done.json").is_file() and not (run / ".lock").exists()
     assert _cells(out)["augment.mix=none"]["steps"] == 2
+
+
+def test_select_layer_cells_share_one_run_and_record_their_readouts(world, tmp_path):
+    out = tmp_path / "sweep"
+    assert _sweep(world, out, "--grid", "embed.select_layer=false,true", "--set", "embed.features=layers",
+                  "--set", "model.views=[spec]", "--set", "loss.pairs=[spec-spec]") == 0
+    cells = _cells(out)
+    task = f"csv:{world[1]}"
+    plain, chosen = cells["embed.select_layer=False"], cells["embed.select_layer=True"]
+    assert plain["run"] == chosen["run"] and len(list(out.glob("runs/*/checkpoint.pt"))) == 1
+    assert "readouts" not in plain["results"][task]
+    assert sum(chosen["results"][task]["readouts"].values()) == 1  # one fold x one probe seed
+    ri = [c for name, c in cells.items() if name.startswith("random-init")]
+    assert len(ri) == 2 and sum("readouts" in c["results"][task] for c in ri) == 1  # read the same two ways

@@ -143,10 +143,13 @@ class EmbedConfig:
     ``features``: ``pooled`` = the tower's own clip pooling of its last block (mean + max over time,
     ``feature_dim`` values); ``layers`` = mean and standard deviation over time of every block's output
     (channels x frequency for the spectrogram tower), concatenated. ``window_seconds``: the window the
-    tower sees (0: the training crop, ``data.crop_seconds``)."""
+    tower sees (0: the training crop, ``data.crop_seconds``). ``select_layer`` (evaluation only, with
+    ``layers``): the linear probe also reads each block's statistics alone and keeps, per fold and probe
+    seed, the read-out (all blocks or one block) with the best validation score."""
 
     features: str = "pooled"
     window_seconds: float = 0.0
+    select_layer: bool = False
 
 
 @dataclass

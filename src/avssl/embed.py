@@ -76,10 +76,12 @@ class Embedder(nn.Module):
         self.window_hop = max(1, int(round(self.window * (1 - overlap))))
         self.batch_size = int(batch_size)
         self.embedding_dim = int(tower.feature_dim)
+        self.layer_dims: list[int] | None = None  # features="layers": each block's share of the embedding
         if self.features == "layers":
             with torch.inference_mode():
                 probe = torch.zeros(1, self.window, device=next(tower.parameters()).device)
-                self.embedding_dim = int(self._forward(probe)[0].shape[1])
+                self.layer_dims = [2 * int(x.shape[-1]) for x in tower.forward_layers(probe)]
+            self.embedding_dim = sum(self.layer_dims)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows ``[M, window]`` -> (clip features ``[M, embedding_dim]`` as :attr:`features` says,

@@ -31,9 +31,7 @@ from .atomic import write_with
 from .audio import load_audio
 from .baselines import BASELINES, StatsBaseline
 from .config import AudioConfig
-from .probe import (
-    probe,
-)
+from .probe import run_probes
 from .reports import markdown_table, slug, write_plots
 from .tasks import TASKS, Example, Task, default_data_root, load_task, shared_tasks
 
@@ -102,6 +100,12 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
 
     encoder = load_model(path, device=device, view=view, features=features, int8=int8)
     return ModelRef(spec, slug(f"{path.stem}-{file_sha1(path)[:12]}-{view}{_features_tag(encoder, int8)}"), encoder)
+
+
+def probe_blocks(ref: ModelRef, select_layer: bool) -> list[int] | None:
+    """The block widths :func:`run_probes` selects among: with ``select_layer``, a model read with
+    ``features="layers"``; None otherwise (baselines, pooled features)."""
+    return getattr(ref.encoder, "layer_dims", None) if select_layer else None
 
 
 def _features_tag(encoder: Any, int8: bool = False) -> str:
@@ -199,51 +203,6 @@ def embed_task(
 # ---------------------------------------------------------------------------------------- the suite
 
 
-def _chance(task: Task, train: np.ndarray, test: np.ndarray) -> float:
-    """The headline metric of a constant predictor: the training majority class (accuracy) or
-    the test label prevalence (mAP of a constant score)."""
-    y_tr, y_te = task.targets(train), task.targets(test)
-    if task.multilabel:
-        pos = y_te.sum(0)
-        return float(np.mean(y_te.mean(0)[pos > 0]))
-    return float(np.mean(y_te == np.bincount(y_tr, minlength=len(task.classes)).argmax()))
-
-
-def run_probes(
-    task: Task, x: np.ndarray, *, seeds: int = 3, device: str | None = None
-) -> tuple[dict, np.ndarray | None]:
-    """Probe every fold of ``task`` with ``seeds`` seeds on the embeddings ``x[len(examples), D]``.
-
-    Returns (summary dict, confusion counts ``int64[K, K]`` summed over folds and seeds, or None
-    for multi-label tasks)."""
-    y_all = task.targets()
-    k = len(task.classes)
-    confusion = None if task.multilabel else np.zeros((k, k), dtype=np.int64)
-    runs, chance = [], []
-    for fold in task.folds:
-        tr, te = task.indices(fold.train), task.indices(fold.test)
-        va = task.indices(fold.valid) if fold.valid else None
-        chance.append(_chance(task, tr, te))
-        groups = [task.examples[i].group for i in tr]  # examples without a group are groups of their own
-        groups = None if all(g is None for g in groups) else np.array(
-            [f"#{i}" if g is None else f"g:{g}" for i, g in zip(tr, groups)])
-        for seed in range(seeds):
-            res = probe(x[tr], y_all[tr], x[te], y_all[te], valid_x=None if va is None else x[va],
-                        valid_y=None if va is None else y_all[va], num_classes=k, seed=seed, groups=groups,
-                        device=device)
-            runs.append({"fold": fold.name, "seed": seed, "weight_decay": res["weight_decay"], "epoch": res["epoch"],
-                         "valid_score": res["valid_score"], "num_train": res["num_train"],
-                         "num_valid": res["num_valid"], "num_test": int(len(te)), **res["metrics"]})
-            if confusion is not None:
-                np.add.at(confusion, (y_all[te], res["scores"].argmax(1)), 1)
-    names = [m for m in ("accuracy", "mAP", "d_prime", "auc") if m in runs[0]]
-    metrics = {m: {"mean": float(np.mean([r[m] for r in runs])), "std": float(np.std([r[m] for r in runs]))}
-               for m in names}
-    summary = {"metric": task.metric, "mean": metrics[task.metric]["mean"], "std": metrics[task.metric]["std"],
-               "chance": float(np.mean(chance)), "metrics": metrics, "runs": runs}
-    return summary, confusion
-
-
 def evaluate(
     models: list[str],
     tasks: list[str],
@@ -259,13 +218,15 @@ def evaluate(
     plots: bool = True,
     progress: bool = True,
     int8: bool = False,
+    select_layer: bool = False,
 ) -> list[dict]:
     """Evaluate every model spec on every task; returns one record per (model, task).
 
     Records are appended to ``<out>/results.jsonl``; ``<out>/results.md`` gets this call's table
     and ``<out>/plots/`` its figures. Embeddings are cached below ``cache_dir`` (default
     ``<out>/embeddings``), so a rerun only re-probes. ``int8``: models (not baselines) embed with their towers in
-    int8 on the CPU (:func:`avssl.embed.quantize_int8`; probes still run on ``device``)."""
+    int8 on the CPU (:func:`avssl.embed.quantize_int8`; probes still run on ``device``). ``select_layer``:
+    models read with ``features="layers"`` are also probed block by block (:func:`run_probes`)."""
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -283,7 +244,8 @@ def evaluate(
             t0 = time.perf_counter()
             x = embed_task(ref, task, cache_dir, batch_size=batch_size, progress=progress)
             t1 = time.perf_counter()
-            summary, confusion = run_probes(task, x, seeds=seeds, device=device)
+            summary, confusion = run_probes(task, x, seeds=seeds, device=device,
+                                            blocks=probe_blocks(ref, select_layer))
             t2 = time.perf_counter()
             rec = {
                 "model": ref.name, "task": task.name, **summary, "model_id": ref.cache_id,
@@ -322,6 +284,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", default=None, choices=["pooled", "layers"],
                         help="what a model's probe sees: pooled (last block) or layers (mean+std of every block); "
                         "default: the checkpoint's embed.features")
+    parser.add_argument("--select-layer", action="store_true",
+                        help="with layers features: the probe also reads each block alone and keeps the read-out "
+                        "with the best validation score (per fold and seed)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: OUT/embeddings)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None,
@@ -365,7 +330,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         records = evaluate(models, tasks, data_root, args.out, seeds=args.seeds, device=args.device, view=args.view,
                            features=args.features, cache_dir=args.cache_dir, batch_size=args.batch_size,
-                           plots=not args.no_plots, int8=args.int8)
+                           plots=not args.no_plots, int8=args.int8, select_layer=args.select_layer)
     except FileNotFoundError as e:  # missing checkpoint or dataset: the message says which and where
         log.error("%s", e)
         return 2

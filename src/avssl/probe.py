@@ -12,11 +12,15 @@ import contextlib
 import logging
 import math
 import statistics
-from typing import Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .tasks_base import Task
 
 log = logging.getLogger(__name__)
 
@@ -272,3 +276,78 @@ def _predict(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, multilabel: bool
     """Class probabilities ``[n, K]`` of one head: sigmoid (multi-label) or softmax."""
     logits = x @ w + b
     return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------- a task's folds
+
+
+def _chance(task: Task, train: np.ndarray, test: np.ndarray) -> float:
+    """The headline metric of a constant predictor: the training majority class (accuracy) or
+    the test label prevalence (mAP of a constant score)."""
+    y_tr, y_te = task.targets(train), task.targets(test)
+    if task.multilabel:
+        pos = y_te.sum(0)
+        return float(np.mean(y_te.mean(0)[pos > 0]))
+    return float(np.mean(y_te == np.bincount(y_tr, minlength=len(task.classes)).argmax()))
+
+
+def run_probes(
+    task: Task, x: np.ndarray, *, seeds: int = 3, device: str | None = None, blocks: list[int] | None = None
+) -> tuple[dict, np.ndarray | None]:
+    """Probe every fold of ``task`` with ``seeds`` seeds on the embeddings ``x[len(examples), D]``.
+
+    ``blocks`` (the width of each block's part of ``x``, ``Embedder.layer_dims``): each fold and seed
+    also probes every block alone and tests the read-out with the best validation score
+    (:func:`_best_readout`); the summary counts the choices under ``"readouts"``.
+
+    Returns (summary dict, confusion counts ``int64[K, K]`` summed over folds and seeds, or None
+    for multi-label tasks)."""
+    y_all = task.targets()
+    k = len(task.classes)
+    confusion = None if task.multilabel else np.zeros((k, k), dtype=np.int64)
+    runs, chance = [], []
+    for fold in task.folds:
+        tr, te = task.indices(fold.train), task.indices(fold.test)
+        va = task.indices(fold.valid) if fold.valid else None
+        chance.append(_chance(task, tr, te))
+        groups = [task.examples[i].group for i in tr]  # examples without a group are groups of their own
+        groups = None if all(g is None for g in groups) else np.array(
+            [f"#{i}" if g is None else f"g:{g}" for i, g in zip(tr, groups)])
+        for seed in range(seeds):
+            readout, res = _best_readout(
+                blocks, lambda cols: probe(  # noqa: B023 (called at once)
+                    x[tr][:, cols], y_all[tr], x[te][:, cols], y_all[te],
+                    valid_x=None if va is None else x[va][:, cols], valid_y=None if va is None else y_all[va],
+                    num_classes=k, seed=seed, groups=groups, device=device))
+            runs.append({"fold": fold.name, "seed": seed, "readout": readout,
+                         "weight_decay": res["weight_decay"], "epoch": res["epoch"],
+                         "valid_score": res["valid_score"], "num_train": res["num_train"],
+                         "num_valid": res["num_valid"], "num_test": int(len(te)), **res["metrics"]})
+            if confusion is not None:
+                np.add.at(confusion, (y_all[te], res["scores"].argmax(1)), 1)
+    names = [m for m in ("accuracy", "mAP", "d_prime", "auc") if m in runs[0]]
+    metrics = {m: {"mean": float(np.mean([r[m] for r in runs])), "std": float(np.std([r[m] for r in runs]))}
+               for m in names}
+    summary = {"metric": task.metric, "mean": metrics[task.metric]["mean"], "std": metrics[task.metric]["std"],
+               "chance": float(np.mean(chance)), "metrics": metrics, "runs": runs}
+    if blocks is not None:
+        summary["readouts"] = dict(Counter(r["readout"] for r in runs))
+    return summary, confusion
+
+
+def _best_readout(blocks: list[int] | None, fit: Callable[[Any], dict]) -> tuple[str, dict]:
+    """``fit(columns)`` on all columns (``"all"``) and, given ``blocks``, on each block's columns
+    (``"block N"``, last block first); returns the read-out with the best validation score (ties: the
+    earlier one) and its probe result. Test data never enters the choice."""
+    candidates: list[tuple[str, Any]] = [("all", slice(None))]
+    if blocks is not None:
+        ends = np.cumsum(blocks)
+        candidates += [(f"block {i + 1}", slice(int(ends[i] - blocks[i]), int(ends[i])))
+                       for i in reversed(range(len(blocks)))]
+    best: tuple[str, dict] | None = None
+    for name, cols in candidates:
+        res = fit(cols)
+        if best is None or res["valid_score"] > best[1]["valid_score"]:
+            best = (name, res)
+    assert best is not None
+    return best

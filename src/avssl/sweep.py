@@ -149,17 +149,20 @@ def _model_spec(cell: Cell, ckpt: Path | None, out: Path) -> str:
 
 def _evaluate(cell: Cell, spec: str, tasks: dict[str, Any], out: Path, probe_seeds: int,
               audio_cache: Any = None) -> dict[str, Any]:
-    from .evaluate import embed_task, resolve_model, run_probes
+    from .evaluate import embed_task, probe_blocks, resolve_model
+    from .probe import run_probes
 
     ref = resolve_model(spec, seed=cell.seed, features=cell.cfg.embed.features)
     results = {}
     for name, task in tasks.items():
         t0 = time.perf_counter()
         x = embed_task(ref, task, out / "embeddings", progress=False, audio_cache=audio_cache)
-        summary, _ = run_probes(task, x, seeds=probe_seeds)
+        summary, _ = run_probes(task, x, seeds=probe_seeds, blocks=probe_blocks(ref, cell.cfg.embed.select_layer))
         results[name] = {"metric": summary["metric"], "mean": summary["mean"], "std": summary["std"],
                          "chance": summary["chance"], "embedding_dim": int(x.shape[1]),
                          "seconds": round(time.perf_counter() - t0, 1)}
+        if "readouts" in summary:
+            results[name]["readouts"] = summary["readouts"]
         log.info("%s (seed %d) on %s: %s %.2f%%", cell.name, cell.seed, name, summary["metric"], 100 * summary["mean"])
     return results
 
