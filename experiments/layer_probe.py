@@ -3,8 +3,9 @@
 For every finished cell of an ``avssl sweep`` run with ``embed.features=layers`` (trained models and
 random-init alike), the cached ``layers`` embeddings (mean and standard deviation over time of every
 block's output, block after block) are cut into one slice per block and each slice is probed alone
-with the sweep's protocol; ``all`` is the whole vector (what the sweep table reports). Nothing is
-re-embedded: the slices come from ``<sweep>/embeddings``.
+with the sweep's protocol; ``all`` is the whole vector (what the sweep table reports) and ``selected``
+the read-out chosen per fold on validation data (``--select-layer``). Nothing is re-embedded: the
+slices come from ``<sweep>/embeddings``.
 
     python experiments/layer_probe.py /work/exp/sweeps/modality --data-root ../shared/data \
         --tasks avepm-groups,fsdd-digits,instruments --out layer_probe.md
@@ -61,6 +62,7 @@ def probe_blocks(sweep: Path, tasks: list[str], data_root: str | None) -> dict[t
             last2 = np.r_[slices[-2], slices[-1]]
             row = [run_probes(task, x[:, s], seeds=1)[0]["mean"] for s in [*slices, last2]]
             row.append(run_probes(task, x, seeds=1)[0]["mean"])
+            row.append(run_probes(task, x, seeds=1, blocks=ref.encoder.layer_dims)[0]["mean"])  # --select-layer
             variant = cell["name"].replace(" | embed.features=layers", "").replace("|", "/")
             scores[(variant, name)].append(row)
             print(f"{cell['name']} (seed {cell['seed']}) {name}: " + " ".join(f"{100 * v:.1f}" for v in row), flush=True)
@@ -69,7 +71,8 @@ def probe_blocks(sweep: Path, tasks: list[str], data_root: str | None) -> dict[t
 
 def table(scores: dict[tuple[str, str], list[list[float]]]) -> str:
     width = max(len(rows[0]) for rows in scores.values())
-    head = [f"block {i + 1}" for i in range(width - 2)] + [f"blocks {width - 3}+{width - 2}", "all"]
+    n = width - 3  # blocks
+    head = [f"block {i + 1}" for i in range(n)] + [f"blocks {n - 1}+{n}", "all", "selected"]
     lines = ["| variant | task | seeds | " + " | ".join(head) + " |", "|---" * (len(head) + 3) + "|"]
     for (variant, task), rows in sorted(scores.items()):
         a = 100 * np.array(rows)
