@@ -224,8 +224,8 @@ class ClipAssembler:
 
     def ready(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Whole clips that are final now (none in whole-segment mode)."""
-        if self.clip_n is None:
-            return []
+        if self.clip_n is None or self.audio_end < self.seg_begin + (self.clips + 1) * self.clip_n / self.sample_rate:
+            return []  # the next clip ends after the decoded audio, so none is final (soxr is fed later: same numbers)
         bound = self._length_lower_bound()
         self.audio.settle(int(math.floor(bound * self.audio.rate)) - 1)
         out_bound = int(math.floor(bound * self.sample_rate)) - 1
