@@ -186,21 +186,22 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     items = collect_inputs(inputs)[node_rank::num_nodes]
     rows, todo = [], []
     for path, name in items:
-        if _made_from(out_dir / "embeddings" / name) == str(path.resolve()):
+        source = str(path.resolve())  # once per input: resolving walks every component of the path
+        if _made_from(out_dir / "embeddings" / name) == source:
             rows.append({"input": str(path), "output": f"embeddings/{name}", "status": "done", "reason": None})
         else:
-            todo.append((path, name))
+            todo.append((path, name, source))
     log.info("embed: %d inputs on this node, %d already done, %d to do", len(items), len(items) - len(todo), len(todo))
     previous = torch.get_num_threads()
     torch.set_num_threads(int(threads) if threads else tower_threads(workers))
     try:
-        audios = decoded([p for p, _ in todo], embedder.sample_rate, workers)
-        for (path, name), (audio, error) in tqdm(zip(todo, audios), total=len(todo), desc="embed", unit="file",
+        audios = decoded([p for p, _, _ in todo], embedder.sample_rate, workers)
+        for (path, name, source), (audio, error) in tqdm(zip(todo, audios), total=len(todo), desc="embed", unit="file",
                                                  disable=not progress):
             row = {"input": str(path), "output": None, "status": "skipped", "reason": error}
             if error is None:
                 try:
-                    _save_npz(out_dir / "embeddings" / name, **_embed_file(embedder, audio, path, timestamps, hop))
+                    _save_npz(out_dir / "embeddings" / name, **_embed_file(embedder, audio, source, timestamps, hop))
                     row.update(output=f"embeddings/{name}", status="ok")
                 except Exception as e:  # a bad file must not stop a long run: record why and go on
                     row["reason"] = f"{type(e).__name__}: {e}"
@@ -213,9 +214,9 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     return rows
 
 
-def _embed_file(embedder: Embedder, audio: torch.Tensor, path: Path, timestamps: bool, hop: float) -> dict:
+def _embed_file(embedder: Embedder, audio: torch.Tensor, source: str, timestamps: bool, hop: float) -> dict:
     """One file's output arrays; clip and timestamp embeddings from one pass of the tower."""
-    arrays = {"input": str(path.resolve()), "seconds": np.float64(len(audio) / embedder.sample_rate)}
+    arrays = {"input": source, "seconds": np.float64(len(audio) / embedder.sample_rate)}
     if timestamps:
         clip, frames, seconds = embedder.embed_with_timestamps(audio, embedder.sample_rate, hop=hop)
         arrays.update(timestamps=seconds, timestamp_embeddings=frames[0])
