@@ -18,7 +18,7 @@ Cases per preset (random-init ``tiny`` and ``small`` checkpoints built here from
   default session options (``onnx default``) and with ``avssl.export.onnx_session`` (``onnx tuned``);
 * ``avssl embed``: the command line end to end (a fresh process: start-up, decoding, resampling, tower,
   writing) over ``--files`` real Opus files from the shared data, with each ``--cli-workers`` value
-  (``--workers 0``: decoding in between; 1 or more: decoding overlapped in background processes).
+  (``--workers 0``: decoding in between; 1 or more: decoding overlapped in background threads).
 
 Usage: ``python benchmarks/speed.py [--presets tiny small] [--threads 1 2] [--repeats 3] [--files 300]
 [--data-root ../shared/data] [--out FILE]``. Prints a markdown table and one JSON line.
