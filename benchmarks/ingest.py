@@ -1,7 +1,7 @@
 """Ingest benchmarks: frame storage formats, and ingest speed against two named baselines.
 
     python benchmarks/ingest.py formats [--data DIR]          # bytes per clip-second, decode speed
-    python benchmarks/ingest.py speed [--data DIR] [--generated N] [--workers W] [--repeats R]
+    python benchmarks/ingest.py speed [--data DIR] [--generated N] [--workers W] [--repeats R] [--before SRC]
     python benchmarks/ingest.py memory [--minutes 1 10 60] [--videos DIR]  # peak RSS per video length
 
 ``speed`` compares, on the same cores and the same inputs:
@@ -178,6 +178,37 @@ def _time_ours(paths: list[Path], workers: int, tmp: str, size: int, fps: float)
     return wall
 
 
+_SRC_CODE = """
+import json, resource, sys, time
+from pathlib import Path
+from avssl.config import load_config
+from avssl.ingest import ingest
+def cpu():
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+a = json.loads(sys.argv[1])
+cfg = load_config(None, [f"video.size={a['size']}", f"video.fps={a['fps']}", "ingest.clip_seconds=10"])
+c0, t0 = cpu(), time.perf_counter()
+ingest([Path(p) for p in a["paths"]], a["out"], cfg, workers=a["workers"], progress=False)
+print(json.dumps([time.perf_counter() - t0, cpu() - c0]))
+"""
+
+
+def _time_src(src: Path):
+    """The ingest of another checkout's ``src`` folder (e.g. before a change), timed inside a child process
+    after its imports: returns ``(wall, CPU seconds)``, so both versions run in the same rounds."""
+
+    def run(paths: list[Path], workers: int, tmp: str, size: int, fps: float) -> tuple[float, float]:
+        args = {"paths": [str(p) for p in paths], "out": str(Path(tmp) / "src"), "workers": workers, "size": size, "fps": fps}
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        r = subprocess.run([sys.executable, "-c", _SRC_CODE, json.dumps(args)], env=env, capture_output=True, text=True, check=True)
+        shutil.rmtree(Path(tmp) / "src")
+        wall, cpu = json.loads(r.stdout.strip().splitlines()[-1])
+        return wall, cpu
+
+    return run
+
+
 def _time_cli(paths: list[Path], workers: int, tmp: str, size: int, fps: float) -> float:
     t0 = time.perf_counter()
     with get_context("fork").Pool(workers) as pool:
@@ -199,16 +230,20 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: float, repeats: int) -> list[str]:
+def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: float, repeats: int,
+                before: Path | None = None) -> list[str]:  # fmt: skip
     """``repeats`` rounds of the three pipelines (order rotated each round, files read once before the
     first, so no pipeline pays for a cold page cache); median wall time and CPU time of each. CPU time
-    (all processes) is the steadier figure on a machine shared with other jobs."""
+    (all processes) is the steadier figure on a machine shared with other jobs. ``before``: another
+    checkout's ``src`` folder, run as a fourth pipeline in the same rounds."""
     seconds = _media_seconds(paths)
     for p in paths:
         p.read_bytes()
     pipelines = {"avssl ingest": _time_ours, "(a) ffmpeg CLI x2 + packing": _time_cli, _B: _time_floor}
     if not shutil.which("ffmpeg"):
         del pipelines["(a) ffmpeg CLI x2 + packing"]
+    if before is not None:
+        pipelines[f"avssl ingest of {before}"] = _time_src(before)
     walls: dict[str, list[float]] = {label: [] for label in pipelines}
     cpus: dict[str, list[float]] = {label: [] for label in pipelines}
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,11 +251,14 @@ def bench_speed(name: str, paths: list[Path], workers: int, size: int, fps: floa
             labels = list(pipelines)[r % len(pipelines):] + list(pipelines)[: r % len(pipelines)]
             for label in labels:
                 cpu0 = _cpu_seconds()
-                walls[label].append(pipelines[label](paths, workers, tmp, size, fps))
-                cpus[label].append(_cpu_seconds() - cpu0)
+                got = pipelines[label](paths, workers, tmp, size, fps)
+                wall, cpu = got if isinstance(got, tuple) else (got, _cpu_seconds() - cpu0)
+                walls[label].append(wall)
+                cpus[label].append(cpu)
     ours, ours_cpu = float(np.median(walls["avssl ingest"])), float(np.median(cpus["avssl ingest"]))
     rows, n = [], len(paths)
-    for label in ("avssl ingest", "(a) ffmpeg CLI x2 + packing", _B):
+    main = ["avssl ingest", "(a) ffmpeg CLI x2 + packing", _B]
+    for label in main + [label for label in pipelines if label not in main]:
         if label not in walls:
             rows.append(f"| {name} | {label} | not run (no ffmpeg on PATH) | | | | | | |")
             continue
@@ -285,6 +323,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data root (has videos/)")
     parser.add_argument("--generated", type=int, default=16, help="number of generated 10 s 360p videos (0: none)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="speed: another checkout's src folder (e.g. `git archive` of an older commit), run in the same rounds")
     parser.add_argument("--repeats", type=int, default=3, help="speed: rounds per pipeline (the median is reported)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--fps", type=float, default=10.0)
@@ -307,11 +347,12 @@ def main() -> None:
     rows = []
     real = _videos(args.data) if (args.data / "videos").is_dir() else []
     if real:
-        rows += bench_speed(f"{len(real)} real clips", real, args.workers, args.size, args.fps, args.repeats)
+        rows += bench_speed(f"{len(real)} real clips", real, args.workers, args.size, args.fps, args.repeats, args.before)
     with tempfile.TemporaryDirectory() as tmp:
         gen = _generate(Path(tmp) / "gen", args.generated)
         if gen:
-            rows += bench_speed(f"{len(gen)} generated 10 s 640x360 30 fps", gen, args.workers, args.size, args.fps, args.repeats)
+            rows += bench_speed(f"{len(gen)} generated 10 s 640x360 30 fps", gen, args.workers, args.size, args.fps,
+                                args.repeats, args.before)  # fmt: skip
     print("\n".join(rows))
 
 
