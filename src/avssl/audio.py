@@ -99,9 +99,13 @@ class DecodedFrames:
 
     Per frame: ``pts`` (``int`` or ``None``), ``counts`` (samples), ``segment`` (index into ``segments``)
     and ``offsets`` (first sample in its segment). A segment is a run of frames of one sample format and
-    channel count: ``(format name, channels, [bytearray per plane])`` (one plane per channel when planar,
-    one interleaved plane when packed); a stream whose format never changes has one segment.
+    channel count: ``[format name, channels, [bytearray per plane] or None, mono float32 or None]`` (one
+    plane per channel when planar, one interleaved plane when packed). A multi-channel segment is converted
+    to mono once it holds ``CLOSE_SAMPLES`` samples (and the next frame opens a new one), so a long stereo
+    stream never holds more than that in all its channels: memory stays that of the mono result.
     """
+
+    CLOSE_SAMPLES = 1 << 20
 
     def __init__(self, time_base: tuple[int, int]):
         self.time_base = time_base
@@ -109,7 +113,7 @@ class DecodedFrames:
         self.counts: list[int] = []
         self.segment: list[int] = []
         self.offsets: list[int] = []
-        self.segments: list[tuple[str, int, list[bytearray]]] = []
+        self.segments: list[list] = []
         self._filled = 0  # samples in the last segment
 
     def add(self, frame) -> None:
@@ -118,8 +122,8 @@ class DecodedFrames:
         if not n:
             return
         fmt, channels = frame.format, frame.layout.nb_channels
-        if not self.segments or self.segments[-1][:2] != (fmt.name, channels):
-            self.segments.append((fmt.name, channels, [bytearray() for _ in frame.planes]))
+        if not self.segments or self.segments[-1][2] is None or self.segments[-1][:2] != [fmt.name, channels]:
+            self.segments.append([fmt.name, channels, [bytearray() for _ in frame.planes], None])
             self._filled = 0
         size = n * fmt.bytes * (1 if fmt.is_planar else channels)  # planes are padded beyond the samples
         for buf, plane in zip(self.segments[-1][2], frame.planes):
@@ -129,6 +133,16 @@ class DecodedFrames:
         self.segment.append(len(self.segments) - 1)
         self.offsets.append(self._filled)
         self._filled += n
+        if channels > 1 and self._filled >= self.CLOSE_SAMPLES:
+            self._mono(self.segments[-1])
+
+    @staticmethod
+    def _mono(segment: list) -> np.ndarray:
+        """A segment's samples as mono ``float32`` (converted once; its plane buffers are then dropped)."""
+        if segment[2] is not None:
+            segment[3] = _planes_to_mono(segment[2], segment[0], segment[1])
+            segment[2] = None
+        return segment[3]
 
     def _times(self) -> list[float | None]:
         """Each frame's time in seconds, computed as PyAV's ``Frame.time`` does (the same float)."""
@@ -142,7 +156,8 @@ class DecodedFrames:
             return False
         tolerance = max(1, int(round(0.001 * rate)))
         at = np.rint((np.asarray(times) - times[0]) * rate)  # Timeline.place's rounding (half to even)
-        return bool(np.all(np.abs(at - np.asarray(self.offsets)) <= tolerance))
+        pos = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+        return bool(np.all(np.abs(at - pos) <= tolerance))
 
     def mono_on_timeline(self, rate: int, stream_end: float | None) -> np.ndarray:
         """Mono ``float32`` samples from the first decoded sample to the end (trimmed to ``stream_end``):
@@ -153,12 +168,13 @@ class DecodedFrames:
         if stream_end is not None:
             end = min(end, stream_end)
         count = max(0, int(round((end - begin) * rate)))
-        monos = [_planes_to_mono(planes, fmt, channels) for fmt, channels, planes in self.segments]
-        if len(monos) == 1 and self._contiguous(times, rate):
-            if len(monos[0]) == count:
-                return monos[0]
+        monos = [self._mono(segment) for segment in self.segments]
+        if self._contiguous(times, rate):
+            mono = monos[0] if len(monos) == 1 else np.concatenate(monos)
+            if len(mono) == count:
+                return mono
             out = np.zeros(count, dtype=np.float32)
-            out[: min(count, len(monos[0]))] = monos[0][:count]
+            out[: min(count, len(mono))] = mono[:count]
             return out
         chunks = [(t, monos[s][o : o + n]) for t, n, s, o in zip(times, self.counts, self.segment, self.offsets)]
         return place_on_timeline(chunks, rate, begin, end)
@@ -196,8 +212,7 @@ def frame_to_mono(frame) -> np.ndarray:
     frames.add(frame)
     if not frames.counts:
         return np.zeros(0, dtype=np.float32)
-    fmt, channels, planes = frames.segments[0]
-    return _planes_to_mono(planes, fmt, channels)
+    return DecodedFrames._mono(frames.segments[0])
 
 
 def stream_end_time(stream) -> float | None:
