@@ -102,6 +102,9 @@ class FrameSampler:
         return np.stack(frames) if frames else np.zeros((0, self.size, self.size, 3), np.uint8)
 
 
+_EPS = 1e-6  # seconds
+
+
 class FrameSkipper:
     """Tells the video decoder to skip, before decoding, the frames that :class:`FrameSampler` would not pick.
 
@@ -127,17 +130,17 @@ class FrameSkipper:
         if sp.prev is None or s <= sp.prev[0] or s_up == math.inf:
             return False  # the first frame, or output out of order: decode it
         i = max(sp.emitted, int(math.floor((s - sp.t0) * sp.fps)) - 2)
-        while sp.t0 + i / sp.fps + 1e-3 < s:  # the sampler's own test: first output this frame could show
+        while sp.t0 + i / sp.fps + 1e-3 < s - _EPS:  # the sampler's own test: first output this frame could show
             i += 1
         if sp.limit is not None and i >= sp.limit:
             return True
-        return sp.t0 + i / sp.fps + 1e-3 >= s_up
+        return sp.t0 + i / sp.fps + 1e-3 >= s_up + _EPS  # (_EPS: float ties count as picked)
 
     def before(self, packet) -> None:
         """Set the decoder's skip mode for ``packet`` (a packet of the sampled video stream)."""
         skip = False
         if packet.pts is not None:
-            s = float(packet.pts * self.time_base)
+            s = float(packet.pts) * self.time_base.numerator / self.time_base.denominator  # as PyAV's ``Frame.time``
             s_up = min((t for t in self.recent if t > s), default=math.inf)
             skip = self._unpicked(s, s_up)
             self.recent.append(s)
