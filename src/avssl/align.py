@@ -103,6 +103,10 @@ class FrameSampler:
 
 
 _EPS = 1e-6  # seconds
+# Decoders whose "non-reference" frames nothing ever references, so skipping them changes no other frame:
+# H.264 (nal_ref_idc 0), B-frames of MPEG-1/2/4 and H.263, VP8 frames that refresh no reference. Not HEVC:
+# its sub-layer non-reference pictures may be referenced by higher temporal sub-layers.
+SKIP_SAFE_CODECS = frozenset({"h264", "mpeg4", "mpeg2video", "mpeg1video", "h263", "vp8"})
 
 
 class FrameSkipper:
@@ -115,7 +119,7 @@ class FrameSkipper:
     decoder is set to skip it if it is a non-reference frame (``skip_frame="NONREF"``: a reference
     frame is still decoded, since later frames depend on it, and a skipped frame changes no other
     frame's pixels). So the kept frames and their pixels are exactly those of decoding every frame;
-    at 30 fps in, 10 fps out, most B-frames go undecoded.
+    at 30 fps in, 10 fps out, most B-frames go undecoded. Only for the decoders in ``SKIP_SAFE_CODECS``.
     """
 
     def __init__(self, sampler: FrameSampler, codec_context, time_base: Fraction, window: int = 16):

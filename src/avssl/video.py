@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .align import ClipAssembler, FrameSampler, FrameSkipper, frame_count
+from .align import SKIP_SAFE_CODECS, ClipAssembler, FrameSampler, FrameSkipper, frame_count
 from .audio import frame_to_mono, stream_end_time
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,8 @@ class ClipReader:
         import av
 
         errors = 0
-        skipper = FrameSkipper(asm.sampler, vstream.codec_context, vstream.time_base) if vstream is not None else None
+        skippable = vstream is not None and vstream.codec_context.name in SKIP_SAFE_CODECS
+        skipper = FrameSkipper(asm.sampler, vstream.codec_context, vstream.time_base) if skippable else None
         try:
             for packet in container.demux([astream] + ([vstream] if vstream is not None else [])):
                 if skipper is not None and packet.stream is vstream:
