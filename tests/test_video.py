@@ -183,7 +183,9 @@ def _encode_with_b_frames(path, vcodec, fps=30, seconds=3.0):
         _encode_audio_stream(container, astream, _source_audio(seconds), RATE)
 
 
-@pytest.mark.parametrize("vcodec, suffix", [("libx264", ".mp4"), ("mpeg4", ".mp4"), ("mpeg4", ".avi"), ("libx264", ".ts")])
+@pytest.mark.parametrize(
+    "vcodec, suffix", [("libx264", ".mp4"), ("mpeg4", ".mp4"), ("mpeg4", ".avi"), ("libx264", ".ts"), ("mpeg2video", ".mkv")]
+)
 @pytest.mark.parametrize("fps", [10.0, 7.5, 30.0])
 def test_skipped_frames_change_nothing(tmp_path, monkeypatch, vcodec, suffix, fps):
     """Frames the sampler cannot pick are not decoded; the output equals decoding every frame."""
