@@ -39,7 +39,7 @@ import numpy as np
 from avssl.config import load_config
 from avssl.ingest import ingest, media_files
 from avssl.shards import Clip, decode_sample, encode_sample
-from avssl.video import MediaError, decode_video, encode_video
+from avssl.video import decode_video, encode_video
 
 _B = "(b) PyAV decode of every frame, nothing else"
 DEFAULT_DATA = Path(os.environ.get("AVSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avssl.config import load_config
 from avssl.evaluate import embed_task, resolve_model
 from avssl.probe import run_probes
 from avssl.tasks import load_task
@@ -37,7 +38,7 @@ def block_slices(encoder) -> list[slice]:
 
 def model_spec(sweep: Path, cell: dict) -> str | None:
     """The model a finished ``layers`` cell evaluated, as an ``avssl eval`` spec (None for feature baselines)."""
-    if cell.get("status") != "done" or cell["overrides"].get("embed.features") != "layers":
+    if cell.get("status") != "done" or load_config(sweep / "cells" / cell["key"] / "config.yaml").embed.features != "layers":
         return None
     if cell["kind"] == "train":
         return str(sweep / cell["run"] / "checkpoint.pt")
@@ -63,7 +64,8 @@ def probe_blocks(sweep: Path, tasks: list[str], data_root: str | None) -> dict[t
             row = [run_probes(task, x[:, s], seeds=1)[0]["mean"] for s in [*slices, last2]]
             row.append(run_probes(task, x, seeds=1)[0]["mean"])
             row.append(run_probes(task, x, seeds=1, blocks=ref.encoder.layer_dims)[0]["mean"])  # --select-layer
-            variant = cell["name"].replace(" | embed.features=layers", "").replace("|", "/")
+            variant = cell["name"].replace(" | embed.features=layers", "").replace(" (embed.features=layers)", "")
+            variant = variant.replace("|", "/")
             scores[(variant, name)].append(row)
             print(f"{cell['name']} (seed {cell['seed']}) {name}: " + " ".join(f"{100 * v:.1f}" for v in row), flush=True)
     return scores

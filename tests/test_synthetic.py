@@ -119,7 +119,6 @@ def test_sound_and_picture_are_synchronised(world):
 
 def test_sound_bank_mode(tmp_path):
     bank = tmp_path / "bank"
-    rng = np.random.default_rng(0)
     t = np.arange(8000) / 16000
     recordings = {}
     for name, freq in [("alpha", 300.0), ("beta", 1200.0), ("gamma", 3000.0)]:
