@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from avssl.audio import LogMel
 from avssl.baselines import StatsBaseline, dct_matrix
 from avssl.evaluate import ModelRef, embed_task, evaluate, resolve_model, with_baselines
-from avssl.probe import run_probes
-from avssl.probe import average_precision, classification_metrics, d_prime, probe, roc_auc
+from avssl.probe import average_precision, classification_metrics, d_prime, probe, roc_auc, run_probes
 from avssl.tasks import Task, load_task
 from avssl.video import encode_audio
 
@@ -350,3 +350,24 @@ def test_model_from_checkpoint_and_random_model(tmp_path):
     torch.testing.assert_close(spec_only.towers["spec"].blocks[0].conv1.weight, trained.towers["spec"].blocks[0].conv1.weight)
     assert not torch.equal(random_model(cfg, 0).towers["spec"].blocks[0].conv1.weight,
                            trained.towers["spec"].blocks[0].conv1.weight)
+
+
+def test_audio_cache_decodes_once_and_drops_the_least_recently_used(tmp_path, monkeypatch):
+    import avssl.evaluate as ev
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.wav")
+        sf.write(paths[-1], np.full(16000, 0.1 * (i + 1), np.float32), 16000)
+    decoded = []
+    real = ev.load_audio
+    monkeypatch.setattr(ev, "load_audio", lambda p, sr: decoded.append(p.name) or real(p, sr))
+    cache = ev.AudioCache(max_bytes=2 * 16000 * 4)  # room for two 1 s clips of float32
+    a0 = cache(paths[0], 16000)
+    np.testing.assert_array_equal(a0, real(paths[0], 16000))
+    cache(paths[1], 16000)
+    cache(paths[0], 16000)  # a hit: clip 0 becomes the most recently used
+    cache(paths[2], 16000)  # over budget: clip 1, the least recently used, goes
+    cache(paths[0], 16000)
+    cache(paths[1], 16000)
+    assert decoded == ["0.wav", "1.wav", "2.wav", "1.wav"]

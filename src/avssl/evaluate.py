@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -122,16 +123,25 @@ def _config_hash(cfg: AudioConfig) -> str:
 
 class AudioCache:
     """Decoded audio kept in memory across models (a sweep evaluates many models on the same clips):
-    ``cache(path, sample_rate)`` decodes once. Memory: 64 KB per second of audio at 16 kHz."""
+    ``cache(path, sample_rate)`` decodes once. At most ``max_bytes`` are held (64 KB per second of
+    audio at 16 kHz; 2 GiB by default, about 9 hours): past that the least recently used clip goes."""
 
-    def __init__(self) -> None:
-        self._audio: dict[tuple[str, int], np.ndarray] = {}
+    def __init__(self, max_bytes: int = 2 << 30) -> None:
+        self.max_bytes = int(max_bytes)
+        self._audio: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
 
     def __call__(self, path: Path, sample_rate: int) -> np.ndarray:
         key = (str(path), int(sample_rate))
-        if key not in self._audio:
-            self._audio[key] = load_audio(path, sample_rate)
-        return self._audio[key]
+        if key in self._audio:
+            self._audio.move_to_end(key)
+            return self._audio[key]
+        audio = load_audio(path, sample_rate)
+        self._audio[key] = audio
+        self._bytes += audio.nbytes
+        while self._bytes > self.max_bytes and len(self._audio) > 1:
+            self._bytes -= self._audio.popitem(last=False)[1].nbytes
+        return audio
 
 
 def _load_clip(ex: Example, sample_rate: int, decode: Callable[[Path, int], np.ndarray]) -> np.ndarray:
