@@ -47,14 +47,16 @@ def model_spec(sweep: Path, cell: dict) -> str | None:
     return None
 
 
-def probe_blocks(sweep: Path, tasks: list[str], data_root: str | None) -> dict[tuple[str, str], list[list[float]]]:
-    """``(variant, task) -> one [block_1, ..., block_n, all] accuracy list per seed``."""
+def probe_blocks(sweep: Path, tasks: list[str], data_root: str | None,
+                 only: str = "") -> dict[tuple[str, str], list[list[float]]]:
+    """``(variant, task) -> one [block_1, ..., block_n, last two, all, selected] accuracy list per seed``
+    (cells whose name contains ``only``)."""
     loaded = {name: load_task(name, data_root) for name in tasks}
     scores: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
     for path in sorted((sweep / "cells").glob("*/cell.json")):
         cell = json.loads(path.read_text())
         spec = model_spec(sweep, cell)
-        if spec is None:
+        if spec is None or only not in cell["name"]:
             continue
         ref = resolve_model(spec, seed=cell["seed"], features="layers")
         slices = block_slices(ref.encoder)
@@ -89,10 +91,11 @@ def main() -> None:
     ap.add_argument("--tasks", required=True, help="comma-separated task names (the sweep's cached ones)")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default="", help="probe only the cells whose name contains this text")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    md = table(probe_blocks(args.sweep, args.tasks.split(","), args.data_root))
+    md = table(probe_blocks(args.sweep, args.tasks.split(","), args.data_root, args.only))
     print(md)
     if args.out:
         args.out.write_text(md)
