@@ -26,14 +26,8 @@ import torch
 
 from avssl.config import load_config
 from avssl.evaluate import embed_task, resolve_model
-from avssl.probe import run_probes
+from avssl.probe import block_columns, run_probes
 from avssl.tasks import load_task
-
-
-def block_slices(encoder) -> list[slice]:
-    """The ``layers`` vector's slice of each block (``Embedder.layer_dims``: mean, then std, per block)."""
-    ends = np.cumsum(encoder.layer_dims)
-    return [slice(int(e - d), int(e)) for e, d in zip(ends, encoder.layer_dims)]
 
 
 def model_spec(sweep: Path, cell: dict) -> str | None:
@@ -59,7 +53,7 @@ def probe_blocks(sweep: Path, tasks: list[str], data_root: str | None,
         if spec is None or only not in cell["name"]:
             continue
         ref = resolve_model(spec, seed=cell["seed"], features="layers")
-        slices = block_slices(ref.encoder)
+        slices = block_columns(ref.encoder.layer_dims)
         for name, task in loaded.items():
             x = embed_task(ref, task, sweep / "embeddings", progress=False)
             last2 = np.r_[slices[-2], slices[-1]]

@@ -313,11 +313,12 @@ def run_probes(
         groups = [task.examples[i].group for i in tr]  # examples without a group are groups of their own
         groups = None if all(g is None for g in groups) else np.array(
             [f"#{i}" if g is None else f"g:{g}" for i, g in zip(tr, groups)])
+        x_tr, x_te, x_va = x[tr], x[te], None if va is None else x[va]  # rows gathered once per fold
         for seed in range(seeds):
             readout, res = _best_readout(
                 blocks, lambda cols: probe(  # noqa: B023 (called at once)
-                    x[tr][:, cols], y_all[tr], x[te][:, cols], y_all[te],
-                    valid_x=None if va is None else x[va][:, cols], valid_y=None if va is None else y_all[va],
+                    x_tr[:, cols], y_all[tr], x_te[:, cols], y_all[te],
+                    valid_x=None if x_va is None else x_va[:, cols], valid_y=None if va is None else y_all[va],
                     num_classes=k, seed=seed, groups=groups, device=device))
             runs.append({"fold": fold.name, "seed": seed, "readout": readout,
                          "weight_decay": res["weight_decay"], "epoch": res["epoch"],
@@ -341,9 +342,7 @@ def _best_readout(blocks: list[int] | None, fit: Callable[[Any], dict]) -> tuple
     earlier one) and its probe result. Test data never enters the choice."""
     candidates: list[tuple[str, Any]] = [("all", slice(None))]
     if blocks is not None:
-        ends = np.cumsum(blocks)
-        candidates += [(f"block {i + 1}", slice(int(ends[i] - blocks[i]), int(ends[i])))
-                       for i in reversed(range(len(blocks)))]
+        candidates += [(f"block {i + 1}", cols) for i, cols in reversed(list(enumerate(block_columns(blocks))))]
     best: tuple[str, dict] | None = None
     for name, cols in candidates:
         res = fit(cols)
@@ -351,3 +350,9 @@ def _best_readout(blocks: list[int] | None, fit: Callable[[Any], dict]) -> tuple
             best = (name, res)
     assert best is not None
     return best
+
+
+def block_columns(blocks: list[int]) -> list[slice]:
+    """Each block's columns of a ``layers`` embedding whose blocks are ``blocks`` wide, in order."""
+    ends = np.cumsum(blocks)
+    return [slice(int(e - w), int(e)) for e, w in zip(ends, blocks)]
