@@ -107,6 +107,11 @@ class Embedder(nn.Module):
             raise ValueError(f"the model has no {view!r} tower (it has {list(model.towers)}); pick another view")
         return cls(model.towers[view], cfg, view, **kwargs)
 
+    def to_int8(self) -> "Embedder":
+        """Run the tower's blocks in int8 on the CPU from now on (:func:`quantize_int8`); returns self."""
+        self.tower = quantize_int8(self.tower, self.window, self.sample_rate)
+        return self
+
     def train(self, mode: bool = True) -> "Embedder":
         """Inference only: the tower stays in eval mode (BatchNorm running statistics, no masking)."""
         return super().train(False)
@@ -325,6 +330,4 @@ def load_model(path: str | Path, device: str | torch.device | None = None, view:
     if int8 and device.type != "cpu":
         raise ValueError(f"int8=True runs on the CPU only; got device={device}")
     embedder = Embedder.from_model(model, cfg, view, **kwargs).to(device)
-    if int8:
-        embedder.tower = quantize_int8(embedder.tower, embedder.window, embedder.sample_rate)
-    return embedder
+    return embedder.to_int8() if int8 else embedder

@@ -86,9 +86,7 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
         cfg_id = hashlib.sha1(config_json(cfg).encode()).hexdigest()[:12]
         encoder = Embedder.from_model(model, cfg, view=view, features=features).to(torch.device(device or "cpu"))
         if int8:
-            from .embed import quantize_int8
-
-            encoder.tower = quantize_int8(encoder.tower, encoder.window, encoder.sample_rate)
+            encoder.to_int8()
         return ModelRef(spec, slug(f"random-init-{cfg_id}-s{seed}-{view}{_features_tag(encoder, int8)}"), encoder)
     path = Path(spec)
     if not path.is_file():
