@@ -13,6 +13,7 @@ Cases per preset (random-init ``tiny`` and ``small`` checkpoints built here from
   overlap), ``batch_size`` windows per call, as one tensor prepared beforehand (the bare-tower baseline);
 * ``embed()``, ``embed_timestamps()``, ``embed_with_timestamps()`` on those clips (numpy in); ``embed() int8``
   with ``load_model(..., int8=True)`` (its GFLOP/s counts the float32 tower's FLOPs: an equivalent rate);
+  ``embed() 32 windows per call`` with ``batch_size=32`` (the default before ``avssl.embed.CPU_BATCH``);
 * ``hear scene`` / ``hear timestamps``: the HEAR functions on the same clips (torch tensor in);
 * ``onnx``: the exported tower (``avssl.export``) under onnxruntime on the same windows, with the runtime's
   default session options (``onnx default``) and with ``avssl.export.onnx_session`` (``onnx tuned``);
@@ -49,7 +50,7 @@ from avssl import hear
 from avssl.audio import load_audio
 from avssl.checkpoint import save_checkpoint
 from avssl.config import load_config
-from avssl.embed import Embedder, load_model
+from avssl.embed import CPU_BATCH, Embedder, load_model
 from avssl.export import export_onnx, onnx_session
 from avssl.models import build_model
 
@@ -101,6 +102,7 @@ def in_process_cases(preset: str, ckpt: Path, threads: int, tmp: Path) -> list[C
     """tower / embed() / timestamps / HEAR / ONNX cases of one preset on ``threads`` threads."""
     e = load_model(ckpt, device="cpu")
     q = load_model(ckpt, device="cpu", int8=True)
+    e32 = load_model(ckpt, device="cpu", batch_size=32)  # the default before CPU_BATCH
     h = hear.HearModel(e)
     sr = e.sample_rate
     clips = (np.random.default_rng(0).standard_normal((CLIPS, int(CLIP_SECONDS * sr))) * 0.1).astype(np.float32)
@@ -108,7 +110,7 @@ def in_process_cases(preset: str, ckpt: Path, threads: int, tmp: Path) -> list[C
     windows = torch.from_numpy(np.stack([c[s : s + e.window] for c in clips for s in starts]))
     flops = tower_flops(e) * len(windows)
     secs = clips.size / sr
-    bs = e.batch_size
+    bs = e.batch_size or CPU_BATCH  # windows per call, as embed() cuts them on a CPU
 
     def tower() -> None:
         with torch.inference_mode():
@@ -134,6 +136,7 @@ def in_process_cases(preset: str, ckpt: Path, threads: int, tmp: Path) -> list[C
         Case(base, threads, tower, secs, flops, base),
         Case(p + "embed()", threads, lambda: e.embed(clips, sr), secs, flops, base),
         Case(p + "embed() int8", threads, lambda: q.embed(clips, sr), secs, flops, base),
+        Case(p + "embed() 32 windows per call", threads, lambda: e32.embed(clips, sr), secs, flops, base),
         Case(p + "embed_timestamps()", threads, lambda: e.embed_timestamps(clips, sr), secs, flops, base),
         Case(p + "embed_with_timestamps()", threads, lambda: e.embed_with_timestamps(clips, sr), secs, flops, base),
         Case(p + "hear scene", threads, lambda: hear.get_scene_embeddings(audio_t, h), secs, flops, base),

@@ -94,6 +94,30 @@ def test_short_audio_is_zero_padded_to_one_window(embedder):
     np.testing.assert_allclose(embedder.embed(x, embedder.sample_rate), _tower(embedder, padded), atol=1e-5)
 
 
+def test_default_windows_per_call_follow_the_device(tiny_ckpt):
+    """On a CPU the tower sees at most CPU_BATCH windows per call unless batch_size is given, in the fewest
+    calls, equally filled: an 11 s clip at half overlap is 21 one-second windows -> 7, 7, 7 (10, 11 with
+    batch_size=16; 21 with 32); 1.5 s is 2 windows -> one call."""
+    from avssl.embed import CPU_BATCH, GPU_BATCH
+
+    assert (CPU_BATCH, GPU_BATCH) == (8, 32)
+
+    def calls(e):
+        sizes, forward = [], e._forward
+        e._forward = lambda x: (sizes.append(len(x)), forward(x))[1]
+        e.embed(clip, e.sample_rate)
+        return sizes
+
+    e = load_model(tiny_ckpt, device="cpu")
+    clip = _noise(int(e.sample_rate * 11), seed=0)
+    assert len(e._window_starts(len(clip))) == 21
+    assert calls(e) == [7, 7, 7]
+    assert calls(load_model(tiny_ckpt, device="cpu", batch_size=16)) == [10, 11]
+    assert calls(load_model(tiny_ckpt, device="cpu", batch_size=32)) == [21]
+    clip = clip[: int(e.sample_rate * 1.5)]
+    assert calls(e) == [2]
+
+
 def test_batch_invariant_and_deterministic(tiny_ckpt, embedder):
     sr = embedder.sample_rate
     clips = [_noise(int(sr * s), seed=i) for i, s in enumerate([0.4, 1.0, 2.7, 5.3])]

@@ -46,16 +46,24 @@ log = logging.getLogger(__name__)
 AudioInput = np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor]
 
 
+# Windows per tower call. On this project's 2-core CPU, 8 windows per call embedded 2 minutes of audio
+# 1.2-1.3x faster than 32 (tiny and small towers; likely the activations of 32 windows outgrowing the cache) and
+# short files no slower (docs/benchmarks-embed.md); a GPU wants bigger calls.
+CPU_BATCH, GPU_BATCH = 8, 32
+
+
 class Embedder(nn.Module):
     """One audio tower plus the windowing rules above. Build with :func:`load_model` or :meth:`from_model`.
 
     Attributes: ``sample_rate`` (Hz), ``embedding_dim`` (D), ``window`` and ``window_hop`` (samples),
     ``frame_hop_seconds`` (seconds per step of the tower's time-resolved features). ``overlap=0`` halves the
-    work on long audio (windows then only overlap at the end); ``batch_size`` is in windows.
+    work on long audio (windows then only overlap at the end); ``batch_size`` is in windows per tower call
+    (default :data:`CPU_BATCH` on a CPU, :data:`GPU_BATCH` on a GPU, decided at each call, so an embedder moved
+    with ``.to()`` follows; embeddings do not depend on it).
     """
 
     def __init__(self, tower: nn.Module, cfg: Config, view: str = "spec", window_seconds: float | None = None,
-                 overlap: float = 0.5, batch_size: int = 32, features: str | None = None):
+                 overlap: float = 0.5, batch_size: int | None = None, features: str | None = None):
         super().__init__()
         self.tower = tower.eval()
         self.cfg = cfg
@@ -74,7 +82,7 @@ class Embedder(nn.Module):
             raise ValueError(f"overlap is the fraction of a window shared by consecutive windows, in [0, 1); got {overlap}")
         self.window = int(round(seconds * self.sample_rate))
         self.window_hop = max(1, int(round(self.window * (1 - overlap))))
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) if batch_size else None
         self.embedding_dim = int(tower.feature_dim)
         self.layer_dims: list[int] | None = None  # features="layers": each block's share of the embedding
         if self.features == "layers":
@@ -171,15 +179,17 @@ class Embedder(nn.Module):
 
     @torch.inference_mode()
     def _run(self, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-        """The tower over every window of every clip, ``batch_size`` windows at a time (windows are cut
-        per batch, never all at once). Returns clip features ``[M, embedding_dim]`` and time-resolved
-        features ``[M, T', feature_dim]`` on :attr:`device`, windows in clip order, and each clip's window
-        starts (samples)."""
+        """The tower over every window of every clip in the fewest calls of at most ``batch_size`` windows,
+        equally filled (9 windows at 8 per call: 5 + 4, not 8 + 1; windows are cut per call, never all at
+        once). Returns clip features ``[M, embedding_dim]`` and time-resolved features ``[M, T', feature_dim]``
+        on :attr:`device`, windows in clip order, and each clip's window starts (samples)."""
         starts = [self._window_starts(len(c)) for c in clips]
         jobs = [(i, s) for i, ss in enumerate(starts) for s in ss]
         pooled, frames = [], []
-        for k in range(0, len(jobs), self.batch_size):
-            x = torch.stack([self._cut(clips[i], s) for i, s in jobs[k : k + self.batch_size]])
+        calls = -(-len(jobs) // (self.batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)))
+        bounds = [k * len(jobs) // calls for k in range(calls + 1)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            x = torch.stack([self._cut(clips[i], s) for i, s in jobs[a:b]])
             p, f = self._forward(x.to(self.device))
             pooled.append(p.float())
             frames.append(f.float())
