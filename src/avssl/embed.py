@@ -46,9 +46,9 @@ log = logging.getLogger(__name__)
 AudioInput = np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor]
 
 
-# Windows per tower call. On this project's 2-core CPU, 8 windows per call embedded 2 minutes of audio
-# 1.2-1.3x faster than 32 (tiny and small towers; likely the activations of 32 windows outgrowing the cache) and
-# short files no slower (docs/benchmarks-embed.md); a GPU wants bigger calls.
+# Windows per tower call. On this project's 2-core CPU (1 thread), 8 windows per call ran the small tower's
+# embed() 1.2-1.7x faster than 32 and the tiny tower's within the runs' noise (docs/benchmarks-embed.md);
+# a GPU wants bigger calls.
 CPU_BATCH, GPU_BATCH = 8, 32
 
 
