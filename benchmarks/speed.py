@@ -18,8 +18,8 @@ Cases per preset (random-init ``tiny`` and ``small`` checkpoints built here from
 * ``onnx``: the exported tower (``avssl.export``) under onnxruntime on the same windows, with the runtime's
   default session options (``onnx default``) and with ``avssl.export.onnx_session`` (``onnx tuned``);
 * ``avssl embed``: the command line end to end (a fresh process: start-up, decoding, resampling, tower,
-  writing) over ``--files`` real Opus files from the shared data, with each ``--cli-workers`` value
-  (``--workers 0``: decoding in between; 1 or more: decoding overlapped in background threads).
+  writing) over ``--files`` real Opus files from the shared data, on as many cores as the case's threads:
+  ``--workers T --threads 1`` (T files at once) and ``--workers 0 --threads T`` (one file at a time).
 
 Usage: ``python benchmarks/speed.py [--presets tiny small] [--threads 1 2] [--repeats 3] [--files 300]
 [--data-root ../shared/data] [--out FILE]``. Prints a markdown table and one JSON line.
@@ -146,9 +146,10 @@ def in_process_cases(preset: str, ckpt: Path, threads: int, tmp: Path) -> list[C
     ]
 
 
-def cli_cases(preset: str, ckpt: Path, threads: int, files: list[Path], tmp: Path, workers: list[int]) -> list[Case]:
-    """``avssl embed`` end to end over ``files`` (a list file) with each number of decoding ``workers``
-    (0: decoding in between, in the main process)."""
+def cli_cases(preset: str, ckpt: Path, threads: int, files: list[Path], tmp: Path) -> list[Case]:
+    """``avssl embed`` end to end over ``files`` (a list file) on ``threads`` cores, two ways: ``--workers threads
+    --threads 1`` (that many files at once, one torch thread each: the default on that many cores) and
+    ``--workers 0 --threads threads`` (one file at a time in the main thread, the tower on every core)."""
     e = load_model(ckpt, device="cpu")
     listing = tmp / "files.txt"
     listing.write_text("".join(f"{f}\n" for f in files))
@@ -156,17 +157,17 @@ def cli_cases(preset: str, ckpt: Path, threads: int, files: list[Path], tmp: Pat
     secs = sum(lengths) / e.sample_rate
     flops = tower_flops(e) * sum(len(e._window_starts(n)) for n in lengths)
     cases = []
-    for w in workers:
-        out = tmp / f"out-{preset}-{threads}-{w}"
+    for workers, torch_threads in ((threads, 1), (0, threads)):
+        out = tmp / f"out-{preset}-{threads}-{workers}"
         cmd = [sys.executable, "-m", "avssl", "embed", str(ckpt), str(listing), "--out", str(out), "--device", "cpu",
-               "--threads", str(threads), "--workers", str(w), "--no-progress"]
+               "--threads", str(torch_threads), "--workers", str(workers), "--no-progress"]
 
         def run(cmd=cmd, out=out) -> None:
             shutil.rmtree(out, ignore_errors=True)
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-        cases.append(Case(f"{preset} avssl embed, {len(files)} opus files, workers {w}", threads, run, secs,
-                          flops, f"{preset} tower"))
+        cases.append(Case(f"{preset} avssl embed, {len(files)} opus files, --workers {workers} --threads {torch_threads}",
+                          threads, run, secs, flops, f"{preset} tower"))
     return cases
 
 
@@ -242,7 +243,6 @@ def main() -> None:
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--files", type=int, default=300, help="real Opus files for the avssl embed cases (0: none)")
-    ap.add_argument("--cli-workers", nargs="+", type=int, default=[0, 1, 2], help="--workers values of the CLI cases")
     ap.add_argument("--skip", nargs="*", default=[], help="leave out cases whose name contains any of these")
     ap.add_argument("--data-root", type=Path, default=Path(os.environ.get("AVSSL_SHARED_DATA", "../shared/data")))
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
@@ -258,7 +258,7 @@ def main() -> None:
         for t in args.threads:
             cases += in_process_cases(preset, ckpt, t, tmp)
             if opus:
-                cases += cli_cases(preset, ckpt, t, opus, tmp, args.cli_workers)
+                cases += cli_cases(preset, ckpt, t, opus, tmp)
     cases = [c for c in cases if not any(k in c.name for k in args.skip)]
     loads = round_robin(cases, args.repeats)
     header = (f"Machine: {machine()}. 1-minute load average at the start {load_start[0]:.1f} "

@@ -142,29 +142,26 @@ def test_stream_without_samples_is_an_error(tmp_path):
         load_audio(path)
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_collection_decoding_threads_keep_order_and_report_bad_files(tmp_path, workers):
-    from avssl.collection import decoded
+def test_in_order_keeps_order_bounds_look_ahead_and_stops_early():
+    import threading
 
-    rng = np.random.default_rng(2)
-    paths = []
-    for i in range(7):
-        if i == 4:
-            paths.append(tmp_path / "missing.wav")
-            continue
-        x = (0.1 * rng.standard_normal(800 + 300 * i)).astype(np.float32)
-        paths.append(encode_audio(tmp_path / f"{i}.{'opus' if i % 2 else 'wav'}", x, 16000))
-    inline = list(decoded(paths, 16000, 0))
-    threaded = list(decoded(paths, 16000, workers))
-    assert len(threaded) == len(paths)
-    for (a, ea), (b, eb), p in zip(inline, threaded, paths):
-        assert ea == eb
-        if p.name == "missing.wav":
-            assert a is None and "no such file" in eb
-        else:
-            assert eb is None
-            np.testing.assert_array_equal(b.numpy(), load_audio(p, 16000))
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
-    early = decoded(paths, 16000, workers)  # a consumer that stops early leaves no thread behind
+    from avssl.collection import in_order
+
+    started, fifth_done = [], threading.Event()
+
+    def last_first(i):  # item 0 finishes only after item 5: the results must still come in input order
+        started.append(i)
+        if i == 0:
+            assert fifth_done.wait(30)
+        if i == 5:
+            fifth_done.set()
+        return i * i
+
+    assert list(in_order(last_first, list(range(20)), 3)) == [i * i for i in range(20)]
+    assert list(in_order(lambda i: -i, list(range(5)), 0)) == [0, -1, -2, -3, -4]
+    started.clear()
+    early = in_order(started.append, list(range(50)), 2)
     next(early)
-    early.close()
+    early.close()  # nothing beyond the look-ahead (2 * workers items) starts, and no thread is left behind
+    assert set(started) <= {0, 1, 2, 3}
+    assert not [t for t in threading.enumerate() if t.name.startswith("avssl-embed")]

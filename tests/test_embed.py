@@ -232,11 +232,12 @@ def test_collect_inputs_names_are_unique(collection):
     assert len(clashing) == 2 and all(n.startswith("a.wav.") and n != "a.wav.npz" for n in clashing)
 
 
-def test_cli_embed_collection_resume_and_split(tmp_path, tiny_ckpt, embedder, collection):
+@pytest.mark.parametrize("workers", ["0", "3"])  # in the main thread; 3 files at once in worker threads
+def test_cli_embed_collection_resume_and_split(tmp_path, tiny_ckpt, embedder, collection, workers):
     root, listing, other = collection
     out = tmp_path / "out"
     args = ["embed", str(tiny_ckpt), str(root), str(listing), "--out", str(out), "--timestamps", "--hop", "0.1",
-            "--device", "cpu", "--no-progress"]
+            "--workers", workers, "--device", "cpu", "--no-progress"]
     assert cli_main(args) == 0
     rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     by_input = {Path(r["input"]).name: r for r in rows}
@@ -266,7 +267,7 @@ def test_cli_embed_collection_resume_and_split(tmp_path, tiny_ckpt, embedder, co
     np.testing.assert_allclose(np.load(out / row["output"])["embedding"],
                                embedder.embed(load_audio(newcomer, 16000), 16000)[0], atol=1e-5)
     with pytest.raises(ValueError, match="other settings"):
-        cli_main(args[:-5] + ["--hop", "0.2", "--device", "cpu", "--no-progress"])
+        cli_main(args[:-7] + ["--hop", "0.2", "--device", "cpu", "--no-progress"])
     other_ckpt = make_checkpoint(tmp_path / "other.pt", seed=3)
     with pytest.raises(ValueError, match="another checkpoint"):
         cli_main(["embed", str(other_ckpt), *args[2:]])

@@ -1,10 +1,11 @@
 """``avssl embed`` over collections: files, folders and list files -> one ``.npz`` per input, resumable.
 
-Decoding and resampling run in ``workers`` background threads (in order, a few files ahead) while the tower
-runs, so the two overlap on separate cores (PyAV, soxr and torch release the GIL while they compute; threads
-measured cheaper than decoding processes, which pay for passing every waveform between processes:
-docs/benchmarks-embed.md); the tower runs once per file, also with ``timestamps``
-(:meth:`avssl.embed.Embedder.embed_with_timestamps`).
+``workers`` files are embedded at once, each in its own thread from start to end (decoding, resampling, the
+tower with ``threads`` torch threads, writing), in input order a few files ahead; PyAV, soxr and torch
+release the GIL while they compute, so the workers run on separate cores. On 2 cores, 2 workers with 1
+torch thread each embedded 600 Opus files 1.8x faster than one (docs/benchmarks-embed.md); the previous
+design, one tower thread fed by decoding threads, left the tower's thread setting the pace. The tower runs
+once per file, also with ``timestamps`` (:meth:`avssl.embed.Embedder.embed_with_timestamps`).
 
 Interruption safety: each output is written to a hidden temp name beside it (``.NAME.tmp``, the same name for
 the same output, so a rerun overwrites a leftover) and renamed when complete; a rerun keeps every output whose
@@ -20,10 +21,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from .inputs import list_file_entries, media_files
 from .models import AUDIO_VIEWS
 
 log = logging.getLogger(__name__)
+T, R = TypeVar("T"), TypeVar("R")
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
@@ -94,35 +96,39 @@ def _made_from(path: Path) -> str | None:
 
 
 
-def _decode(path: Path, sample_rate: int) -> tuple[torch.Tensor | None, str | None]:
-    """``(audio float32[N] at sample_rate, None)`` or ``(None, error message)``."""
-    try:
-        return torch.from_numpy(load_audio(path, sample_rate)), None
-    except Exception as e:  # a bad file must not stop a long run: report why, go on
-        return None, f"{type(e).__name__}: {e}"
-
-
-def decoded(paths: list[Path], sample_rate: int, workers: int) -> Iterator[tuple[torch.Tensor | None, str | None]]:
-    """Decode ``paths`` in order in ``workers`` threads (0: in the caller's), at most ``2 * workers`` files ahead;
-    yield ``(audio float32[N] or None, error or None)`` per path."""
+def in_order(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
+    """``fn`` over ``items``, results in order: in the caller's thread (``workers`` <= 0) or in ``workers``
+    threads, at most ``2 * workers`` items started ahead of the one being yielded. Closing the iterator early
+    (an error, Ctrl-C) starts no further item and waits for the running ones."""
     if workers <= 0:
-        yield from (_decode(p, sample_rate) for p in paths)
+        yield from map(fn, items)
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="avssl-decode") as pool:
-        ahead = collections.deque(pool.submit(_decode, p, sample_rate) for p in paths[: 2 * workers])
-        for p in paths[2 * workers :]:
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="avssl-embed")
+    try:
+        ahead = collections.deque(pool.submit(fn, x) for x in items[: 2 * workers])
+        for x in items[2 * workers :]:
             yield ahead.popleft().result()
-            ahead.append(pool.submit(_decode, p, sample_rate))
+            ahead.append(pool.submit(fn, x))
         while ahead:
             yield ahead.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Files embedded at once by default: one per core this process may use."""
+    return _cores()
 
 
 def tower_threads(workers: int) -> int:
-    """Torch threads for the tower beside ``workers`` decoding threads: the cores this process may use
-    minus the workers, at least 1 (OpenMP threads that share a core with a busy decoder wait for each other at
-    every operator, which made 2 threads several times slower than 1 on 2 cores; docs/benchmarks-embed.md)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(torch.get_num_threads(), cores - workers))
+    """Torch threads per worker by default: the cores this process may use shared among the ``workers`` (all of
+    them when 0), at least 1, at most torch's own default (OpenMP threads that share a core with another busy
+    thread wait for each other at every operator: docs/benchmarks-embed.md)."""
+    return max(1, min(torch.get_num_threads(), _cores() // max(1, workers)))
 
 
 def _node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]:
@@ -159,7 +165,7 @@ def _check_settings(out_dir: Path, settings: dict, **info: Any) -> None:
 def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
                      view: str = "spec", device: str | None = None, timestamps: bool = False, hop: float = 0.1,
                      overlap: float = 0.5, num_nodes: int | None = None, node_rank: int | None = None,
-                     workers: int = 1, threads: int | None = None, progress: bool = True,
+                     workers: int | None = None, threads: int | None = None, progress: bool = True,
                      features: str | None = None, int8: bool = False) -> list[dict]:
     """Embed every file in ``inputs`` (see :func:`collect_inputs`) into ``out_dir``; return the index rows.
 
@@ -168,8 +174,9 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     float32[T, D] when ``timestamps``. ``out_dir/index.jsonl`` (``index-{rank}-of-{num_nodes}.jsonl`` when
     split) has one row per input: ``input``, ``output``, ``status`` (``ok``, ``done`` = kept from an earlier
     run, ``skipped``), ``reason``. Existing outputs made from the same input are kept (resume). Inputs are
-    split ``node_rank::num_nodes`` across processes. ``workers`` decoding threads run beside the tower;
-    ``threads`` sets the tower's torch threads (default: the cores left after the ``workers``, at least 1);
+    split ``node_rank::num_nodes`` across processes. ``workers`` threads each embed one file at a time
+    (default: one per core; 0: in the caller's thread); ``threads`` sets the torch threads of each (default
+    :func:`tower_threads`);
     ``int8`` runs the tower in int8 (:func:`avssl.embed.quantize_int8`).
     """
     out_dir = Path(out_dir)
@@ -192,21 +199,26 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
         else:
             todo.append((path, name, source))
     log.info("embed: %d inputs on this node, %d already done, %d to do", len(items), len(items) - len(todo), len(todo))
+    workers = default_workers() if workers is None else int(workers)
+
+    def embed_one(item: tuple[Path, str, str]) -> dict:
+        path, name, source = item
+        row = {"input": str(path), "output": None, "status": "skipped", "reason": None}
+        try:
+            audio = torch.from_numpy(load_audio(path, embedder.sample_rate))
+            _save_npz(out_dir / "embeddings" / name, **_embed_file(embedder, audio, source, timestamps, hop))
+            row.update(output=f"embeddings/{name}", status="ok")
+        except Exception as e:  # a bad file must not stop a long run: record why and go on
+            row["reason"] = f"{type(e).__name__}: {e}"
+        return row
+
     previous = torch.get_num_threads()
     torch.set_num_threads(int(threads) if threads else tower_threads(workers))
     try:
-        audios = decoded([p for p, _, _ in todo], embedder.sample_rate, workers)
-        for (path, name, source), (audio, error) in tqdm(zip(todo, audios), total=len(todo), desc="embed", unit="file",
-                                                 disable=not progress):
-            row = {"input": str(path), "output": None, "status": "skipped", "reason": error}
-            if error is None:
-                try:
-                    _save_npz(out_dir / "embeddings" / name, **_embed_file(embedder, audio, source, timestamps, hop))
-                    row.update(output=f"embeddings/{name}", status="ok")
-                except Exception as e:  # a bad file must not stop a long run: record why and go on
-                    row["reason"] = f"{type(e).__name__}: {e}"
+        for row in tqdm(in_order(embed_one, todo, workers), total=len(todo), desc="embed", unit="file",
+                        disable=not progress):
             if row["reason"]:
-                log.warning("skipped %s: %s", path, row["reason"])
+                log.warning("skipped %s: %s", row["input"], row["reason"])
             rows.append(row)
     finally:
         torch.set_num_threads(previous)  # the caller's setting, whatever the tower used
@@ -253,10 +265,11 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--num-nodes", type=int, default=None, help="split the inputs across this many processes")
     p.add_argument("--node-rank", type=int, default=None, help="this process's share (0..num-nodes-1)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="decoding threads running beside the tower (default 1; 0 = decode in between)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="files embedded at once, each in its own thread: decoding, tower, writing "
+                   "(default: one per core; 0 = one at a time in the main thread)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads for the tower (default: the cores left after --workers, at least 1)")
+                   help="torch threads of each worker (default: the cores shared among the workers, at least 1)")
     p.add_argument("--int8", action="store_true", help="run the tower in int8 on the CPU (faster; see docs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
