@@ -119,11 +119,6 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def default_workers() -> int:
-    """Files embedded at once by default: one per core this process may use."""
-    return _cores()
-
-
 def tower_threads(workers: int) -> int:
     """Torch threads per worker by default: the cores this process may use shared among the ``workers`` (all of
     them when 0), at least 1, at most torch's own default (OpenMP threads that share a core with another busy
@@ -199,7 +194,7 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
         else:
             todo.append((path, name, source))
     log.info("embed: %d inputs on this node, %d already done, %d to do", len(items), len(items) - len(todo), len(todo))
-    workers = default_workers() if workers is None else int(workers)
+    workers = _cores() if workers is None else int(workers)  # default: one file per core
 
     def embed_one(item: tuple[Path, str, str]) -> dict:
         path, name, source = item

@@ -186,11 +186,12 @@ class Embedder(nn.Module):
         starts = [self._window_starts(len(c)) for c in clips]
         jobs = [(i, s) for i, ss in enumerate(starts) for s in ss]
         pooled, frames = [], []
-        calls = -(-len(jobs) // (self.batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)))
+        device = self.device
+        calls = -(-len(jobs) // (self.batch_size or (CPU_BATCH if device.type == "cpu" else GPU_BATCH)))
         bounds = [k * len(jobs) // calls for k in range(calls + 1)]
         for a, b in zip(bounds[:-1], bounds[1:]):
             x = torch.stack([self._cut(clips[i], s) for i, s in jobs[a:b]])
-            p, f = self._forward(x.to(self.device))
+            p, f = self._forward(x.to(device))
             pooled.append(p.float())
             frames.append(f.float())
         return torch.cat(pooled), torch.cat(frames), starts
