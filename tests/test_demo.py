@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from avssl.config import load_config
-from avssl.demo import demo_configs, retrieval, run_demo, run_demo_pipeline
+from avssl.demo import demo_configs, run_demo, run_demo_pipeline
+from avssl.retrieval import retrieval
 from avssl.shards import Clip
 
 SR, FPS = 16000, 8.0
@@ -41,17 +42,19 @@ def test_retrieval_metrics_on_planted_embeddings():
     clips = _clips(10)
     labels = ["a", "b"] * 5
     res = retrieval(OneHot(10), cfg, clips, labels=labels, batch_size=4)
-    assert res["top1"] == 1.0 and res["top5"] == 1.0 and res["class_top1"] == 1.0
+    assert res["a2v_top1"] == 1.0 and res["a2v_top5"] == 1.0 and res["v2a_top1"] == 1.0 and res["class_top1"] == 1.0
     assert res["chance_top1"] == pytest.approx(0.1) and res["chance_top5"] == pytest.approx(0.5)
     assert res["chance_class_top1"] == pytest.approx(0.5)
-    np.testing.assert_array_equal(res["ranks"], np.zeros(10))
+    np.testing.assert_array_equal(res["ranks"], np.ones(10))
+    assert res["a2v_median_rank"] == 1 and res["chance_median_rank"] == 5.5
     # video i now looks like clip i+1 (mod 10): no query finds its own video, and every label is wrong
     shifted = retrieval(OneHot(10, perm=[(i + 1) % 10 for i in range(10)]), cfg, clips, labels=labels)
-    assert shifted["top1"] == 0.0 and shifted["class_top1"] == 0.0
+    assert shifted["a2v_top1"] == 0.0 and shifted["v2a_top1"] == 0.0 and shifted["class_top1"] == 0.0
     assert shifted["similarity"].shape == (10, 10)
     # a collapsed model (every video embeds the same) retrieves nothing: ties count against the query
     collapsed = retrieval(OneHot(10, perm=[0] * 10), cfg, clips, labels=labels)
-    assert collapsed["top1"] == 0.0 and collapsed["top5"] == 0.0
+    assert collapsed["a2v_top1"] == 0.0 and collapsed["a2v_top5"] == 0.0
+    assert collapsed["a2v_median_rank"] == 10
 
 
 def test_demo_configs_differ_only_in_the_video():
@@ -132,8 +135,8 @@ def test_results_table_renders_the_numbers():
     from avssl.demo_report import results_table
 
     results = {"probe": [{"name": "audio-visual", "mean": 0.5, "std": 0.25, "chance": 0.125}],
-               "retrieval": {"audio-visual": {"top1": 0.5, "top5": 0.75, "chance_top1": 0.1, "chance_top5": 0.5},
-                             "random-init": {"top1": 0.0, "top5": 0.25, "chance_top1": 0.1, "chance_top5": 0.5}}}
+               "retrieval": {"audio-visual": {"a2v_top1": 0.5, "a2v_top5": 0.75, "chance_top1": 0.1, "chance_top5": 0.5},
+                             "random-init": {"a2v_top1": 0.0, "a2v_top5": 0.25, "chance_top1": 0.1, "chance_top5": 0.5}}}
     assert results_table(results).splitlines()[2:] == [
         "| audio-visual | 50.0 ± 25.0 | 50.0 | 75.0 |",
         "| random-init | - | 0.0 | 25.0 |",

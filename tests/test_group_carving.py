@@ -72,3 +72,20 @@ def test_esc50_probe_carves_validation_by_source_recording(tmp_path, monkeypatch
         assert groups is not None and len(groups) == 48  # the 4 training folds
         assert _no_straddle(groups, tr, va)
         assert all(np.sum(groups[va] == g) == 3 for g in set(groups[va]))  # every take of a recording
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_carve_with_few_clips_per_class_loses_no_class(seed):
+    """AVE-PM's shape: 86 classes x 3 training clips. More classes than a 20 % validation split holds, so a
+    plain stratified split is impossible; an unstratified shuffle left some classes with no training clip."""
+    y = np.repeat(np.arange(86), 3)
+    tr, va = probe._carve(y, 0.2, seed)
+    assert sorted(np.r_[tr, va].tolist()) == list(range(len(y)))
+    assert np.bincount(y[tr], minlength=86).min() >= 2  # every class keeps at least 2 of its 3 clips
+    assert 0.1 * len(y) < len(va) < 0.3 * len(y)  # about the share asked for
+    again_tr, again_va = probe._carve(y, 0.2, seed)
+    assert again_va.tolist() == va.tolist()  # seeded
+    uneven = np.r_[np.repeat(np.arange(40), 2), np.repeat(np.arange(40, 50), 9)]
+    tr, va = probe._carve(uneven, 0.2, seed)
+    assert np.bincount(uneven[tr], minlength=50).min() >= 1
+    assert (np.bincount(uneven[va], minlength=50)[40:] >= 1).all()  # large classes give floor(0.2 * 9) = 1 or more

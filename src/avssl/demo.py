@@ -74,44 +74,6 @@ def demo_configs(seed: int, clip_seconds: float, overrides: list[str] | None = N
     return {name: apply_overrides(apply_overrides(base, run), user) for name, run in RUNS.items()}
 
 
-# ------------------------------------------------------------------------------------ retrieval
-
-
-@torch.no_grad()
-def retrieval(model: torch.nn.Module, cfg: Config, clips: list, *, labels: list[str] | None = None, seed: int = 0,
-              batch_size: int = 32) -> dict[str, Any]:
-    """Audio-to-video retrieval among ``clips``: each clip's audio (``spec`` view) queries all videos.
-
-    Each clip contributes one seeded, aligned ``cfg.data.crop_seconds`` crop (audio and the frames
-    shown in it). Returns ``top1``/``top5`` (share of queries whose own video ranks first / in the
-    first five), ``class_top1`` (the first video has the query's label; with ``labels``),
-    ``chance_top1``/``chance_top5``, ``ranks int[N]``, ``similarity float32[N, N]`` (cosine).
-    """
-    from .crops import crop_clip
-
-    sr, fps, crop = cfg.audio.sample_rate, cfg.video.fps, cfg.data.crop_seconds
-    model.eval()
-    audio_emb, video_emb = [], []
-    for i in range(0, len(clips), batch_size):
-        crops = [crop_clip(c.audio, c.frames, crop, sr, fps, np.random.default_rng([seed, i + j]))
-                 for j, c in enumerate(clips[i : i + batch_size])]
-        audio = torch.from_numpy(np.stack([a for a, _ in crops]))
-        frames = torch.from_numpy(np.stack([f for _, f in crops])).permute(0, 1, 4, 2, 3)
-        emb = model(audio, frames)
-        audio_emb.append(torch.nn.functional.normalize(emb["spec"].float(), dim=-1))
-        video_emb.append(torch.nn.functional.normalize(emb["video"].float(), dim=-1))
-    sim = (torch.cat(audio_emb) @ torch.cat(video_emb).T).numpy()
-    n = len(clips)
-    ranks = (sim >= sim[np.arange(n), np.arange(n)][:, None]).sum(1) - 1  # ties count against the query
-    out = {"top1": float(np.mean(ranks == 0)), "top5": float(np.mean(ranks < 5)), "chance_top1": 1.0 / n,
-           "chance_top5": min(5, n) / n, "num_clips": n, "ranks": ranks, "similarity": sim.astype(np.float32)}
-    if labels is not None:
-        lab = np.asarray(labels)
-        out["class_top1"] = float(np.mean(lab[sim.argmax(1)] == lab))
-        out["chance_class_top1"] = float(np.mean([np.mean(lab == x) for x in lab]))
-    return out
-
-
 # ------------------------------------------------------------------------------------ pipeline
 
 
@@ -185,7 +147,7 @@ def run_demo_pipeline(
     with _timed(timings, "retrieval"):  # 5. audio -> video retrieval with (a), and its random-init twin
         clips = read_clips(test_shards)
         labels = _world_labels(world_dir, clips) if world_dir is not None else None
-        retrieval_rows = _retrieval_runs(runs["audio-visual"]["checkpoint"], clips, labels, seed)
+        retrieval_rows = _retrieval_runs(runs["audio-visual"]["checkpoint"], clips, labels)
     plots = demo_plots(report, runs, clips, retrieval_rows["audio-visual"], labels, probe_rows)  # 6. the report
     timings["total"] = time.perf_counter() - t_start
     results = {
@@ -272,15 +234,16 @@ def _probe_runs(runs: dict[str, dict[str, Any]], world_dir: Path, out: Path, pro
              "chance": by_spec[spec]["chance"]} for name, spec in specs.items()]
 
 
-def _retrieval_runs(checkpoint: Path, clips: list, labels: list[str] | None, seed: int) -> dict[str, dict[str, Any]]:
+def _retrieval_runs(checkpoint: Path, clips: list, labels: list[str] | None) -> dict[str, dict[str, Any]]:
     """:func:`retrieval` among ``clips`` with the checkpoint's model (``audio-visual``) and with a seed-0
     random init of its architecture (``random-init``)."""
     from .checkpoint import model_from_checkpoint, random_model
+    from .retrieval import retrieval
 
     model, cfg_run = model_from_checkpoint(checkpoint)
     return {
-        "audio-visual": retrieval(model, cfg_run, clips, labels=labels, seed=seed),
-        "random-init": retrieval(random_model(cfg_run, 0), cfg_run, clips, labels=labels, seed=seed),
+        "audio-visual": retrieval(model, cfg_run, clips, labels=labels),
+        "random-init": retrieval(random_model(cfg_run, 0), cfg_run, clips, labels=labels),
     }
 
 

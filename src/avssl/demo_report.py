@@ -116,8 +116,8 @@ def results_table(results: dict[str, Any]) -> str:
     lines = ["| model | probe accuracy (%) | retrieval top-1 (%) | retrieval top-5 (%) |", "|---|---|---|---|"]
     for name in names:
         p = f"{100 * probe[name]['mean']:.1f} ± {100 * probe[name]['std']:.1f}" if name in probe else "-"
-        r1 = f"{100 * ret[name]['top1']:.1f}" if name in ret else "-"
-        r5 = f"{100 * ret[name]['top5']:.1f}" if name in ret else "-"
+        r1 = f"{100 * ret[name]['a2v_top1']:.1f}" if name in ret else "-"
+        r5 = f"{100 * ret[name]['a2v_top5']:.1f}" if name in ret else "-"
         lines.append(f"| {name} | {p} | {r1} | {r5} |")
     any_ret = next(iter(ret.values()))
     chance_p = f"{100 * results['probe'][0]['chance']:.1f}" if results["probe"] else "-"

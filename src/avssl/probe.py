@@ -97,7 +97,9 @@ def _one_thread(device: torch.device):
 def _carve(
     y: np.ndarray, share: float, seed: int, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices of ``y`` into (train, valid): stratified when every class has >= 2 examples.
+    """Split indices of ``y`` into (train, valid): stratified when every class has >= 2 examples (with more
+    classes than the validation share holds, by :func:`_carve_keeping_classes`: no class loses its training
+    examples).
 
     With ``groups`` (one id per example, e.g. the source recording) no group straddles the two:
     ``StratifiedGroupKFold`` with ``round(1 / share)`` folds (its first fold is the validation
@@ -120,10 +122,24 @@ def _carve(
     if groups is not None:
         log.warning("fewer than two example groups: the validation split is carved without them")
     counts = np.unique(y, return_counts=True)[1] if y.ndim == 1 else np.zeros(0)
-    stratify = y.ndim == 1 and counts.min() >= 2 and len(counts) <= min(share, 1 - share) * len(y)
+    if y.ndim == 1 and counts.min() >= 2 and len(counts) > min(share, 1 - share) * len(y):
+        return _carve_keeping_classes(y, share, seed)  # more classes than a validation split holds
+    stratify = y.ndim == 1 and counts.min() >= 2
     splitter = (StratifiedShuffleSplit if stratify else ShuffleSplit)(n_splits=1, test_size=share, random_state=seed)
     tr, va = next(splitter.split(np.zeros(len(y)), y if stratify else None))
     return np.sort(tr), np.sort(va)
+
+
+def _carve_keeping_classes(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A validation carve of single-label ``y`` for tasks with few examples per class (e.g. 3): class ``c``
+    gives ``floor(share * n_c)`` examples, plus one more with probability equal to the remainder, but never
+    its last one, so every class keeps at least one training example and the expected size is ``share``."""
+    rng = np.random.default_rng(seed)
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    quota = share * counts
+    take = np.minimum(np.floor(quota).astype(int) + (rng.random(len(classes)) < quota % 1), counts - 1)
+    valid = np.concatenate([rng.permutation(np.flatnonzero(inverse == c))[:k] for c, k in enumerate(take)])
+    return np.setdiff1d(np.arange(len(y)), valid), np.sort(valid)
 
 
 def _score(y: np.ndarray, scores: np.ndarray) -> float:
