@@ -159,3 +159,65 @@ def test_select_layer_cells_share_one_run_and_record_their_readouts(world, tmp_p
     assert sum(chosen["results"][task]["readouts"].values()) == 1  # one fold x one probe seed
     ri = [c for name, c in cells.items() if name.startswith("random-init")]
     assert len(ri) == 2 and sum("readouts" in c["results"][task] for c in ri) == 1  # read the same two ways
+
+
+def test_retrieval_column_is_added_to_finished_cells_without_retraining(world, tmp_path):
+    from test_retrieval import _videos
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _videos(videos, 4)
+    out = tmp_path / "sweep"
+    assert _sweep(world, out, "--grid", "augment.mix=none") == 0
+    ckpts = {str(p): p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoint.pt")}
+    assert _sweep(world, out, "--grid", "augment.mix=none", "--retrieval", str(videos)) == 0
+    assert {str(p): p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoint.pt")} == ckpts  # nothing retrained
+    cells = _cells(out)
+    res = cells["augment.mix=none"]["retrieval"][str(videos)]
+    assert res["num_clips"] == 4 and res["chance_top5"] == 1.0 and res["a2v_top5"] == 1.0 and res["skipped"] == 0
+    assert not cells["logmel-stats"].get("retrieval")  # baselines have no video tower
+    table = (out / "results.md").read_text()
+    assert f"a2v top-5 ({videos})" in table and "| augment.mix=none | 1 |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| augment.mix=none |"))
+    assert "100.0 ± 0.0" in row
+    before = _mtimes(out)
+    assert _sweep(world, out, "--grid", "augment.mix=none", "--retrieval", str(videos)) == 0
+    assert _mtimes(out) == before  # a rerun with the same sets does nothing
+
+
+def test_cells_differing_only_in_the_window_share_a_run_but_not_embeddings(world, tmp_path):
+    out = tmp_path / "sweep"
+    assert _sweep(world, out, "--grid", "embed.window_seconds=0.5,1.0", "--set", "model.views=[spec]",
+                  "--set", "loss.pairs=[spec-spec]") == 0
+    cells = _cells(out)
+    half, whole = cells["embed.window_seconds=0.5"], cells["embed.window_seconds=1.0"]
+    assert half["run"] == whole["run"] and len(list(out.glob("runs/*/checkpoint.pt"))) == 1
+    # each cell is read with its own window: two embedding caches of the one checkpoint
+    assert len([p for p in (out / "embeddings").iterdir() if p.name.startswith("checkpoint")]) == 2
+    # the random-init baselines of the two windows are two architectures, each with its own cache too
+    assert len([p for p in (out / "embeddings").iterdir() if p.name.startswith("random-init")]) == 2
+
+
+def test_variants_with_the_same_config_are_refused(world, tmp_path, caplog):
+    assert _sweep(world, tmp_path / "dup", "--grid", "data.batch_size=4,4") == 2
+    assert "resolve to the same config" in caplog.text and not (tmp_path / "dup" / "cells").exists()
+
+
+def test_finished_cells_are_evaluated_again_for_other_probe_seeds_or_data(world, tmp_path, caplog):
+    out = tmp_path / "sweep"
+    assert _sweep(world, out, "--grid", "augment.mix=none") == 0
+    first = _cells(out)["augment.mix=none"]
+    assert first["probe_seeds"] == 1 and first["code"].startswith("0.")
+    ckpts = {str(p): p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoint.pt")}
+    shards, task = world
+    more = [a if a != "1" or BASE[i - 1] != "--probe-seeds" else "2" for i, a in enumerate(BASE)]
+    assert main(["sweep", "--grid", "augment.mix=none", "--data", str(shards), "--tasks", f"csv:{task}",
+                 "--out", str(out), *more]) == 0
+    again = _cells(out)["augment.mix=none"]
+    assert again["probe_seeds"] == 2 and "evaluating again" in caplog.text
+    assert {str(p): p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoint.pt")} == ckpts  # not retrained
+    moved = tmp_path / "root"  # the same task files under another data root: evaluated again
+    moved.mkdir()
+    assert main(["sweep", "--grid", "augment.mix=none", "--data", str(shards), "--tasks", f"csv:{task}",
+                 "--data-root", str(moved), "--out", str(out), *more]) == 0
+    assert _cells(out)["augment.mix=none"]["data_root"] == str(moved.resolve())

@@ -63,12 +63,14 @@ class ModelRef:
 
 
 def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", seed: int = 0,
-                  features: str | None = None, int8: bool = False) -> ModelRef:
+                  features: str | None = None, int8: bool = False, window_seconds: float | None = None) -> ModelRef:
     """``logmel-stats`` | ``mfcc-stats`` | ``random-init:PRESET_OR_CKPT`` (the architecture of a
     config preset or checkpoint, untrained, initialised with ``seed``) | a checkpoint path.
     ``features`` (``pooled`` | ``layers``, default: the config's ``embed.features``) is passed to the
     :class:`avssl.embed.Embedder` of a model; baselines ignore it. ``int8``: a model's tower runs in int8 on the
-    CPU (:func:`avssl.embed.quantize_int8`; its own embedding cache); baselines ignore it too."""
+    CPU (:func:`avssl.embed.quantize_int8`; its own embedding cache); baselines ignore it too. ``window_seconds``:
+    the window a model's tower sees (default: its config's ``embed.window_seconds``, else its training crop); a
+    window other than that default is part of the cache id."""
     if spec in BASELINES:
         return ModelRef(spec, f"{spec}-{_config_hash(AudioConfig())}", StatsBaseline(spec))
     from .config import config_json, load_config
@@ -84,7 +86,8 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
             raise ValueError(f"{spec}: the architecture has views {cfg.model.views}, not {view!r}; use --view")
         model = random_model(cfg, seed, views=[view])
         cfg_id = hashlib.sha1(config_json(cfg).encode()).hexdigest()[:12]
-        encoder = Embedder.from_model(model, cfg, view=view, features=features).to(torch.device(device or "cpu"))
+        encoder = Embedder.from_model(model, cfg, view=view, features=features, window_seconds=window_seconds)
+        encoder = encoder.to(torch.device(device or "cpu"))
         if int8:
             encoder.to_int8()
         return ModelRef(spec, slug(f"random-init-{cfg_id}-s{seed}-{view}{_features_tag(encoder, int8)}"), encoder)
@@ -97,7 +100,7 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
     from .checkpoint import file_sha1
     from .embed import load_model
 
-    encoder = load_model(path, device=device, view=view, features=features, int8=int8)
+    encoder = load_model(path, device=device, view=view, features=features, int8=int8, window_seconds=window_seconds)
     return ModelRef(spec, slug(f"{path.stem}-{file_sha1(path)[:12]}-{view}{_features_tag(encoder, int8)}"), encoder)
 
 
@@ -108,8 +111,11 @@ def probe_blocks(ref: ModelRef, select_layer: bool) -> list[int] | None:
 
 
 def _features_tag(encoder: Any, int8: bool = False) -> str:
-    """Cache-id suffix of an embedder's feature choice and int8 (empty for the defaults, so old caches stay valid)."""
-    return ("" if encoder.features == "pooled" else f"-{encoder.features}") + ("-int8" if int8 else "")
+    """Cache-id suffix of an embedder's feature choice, int8 and window when it is not its config's own (empty for
+    the defaults, so old caches stay valid)."""
+    own = encoder.cfg.embed.window_seconds or encoder.cfg.data.crop_seconds
+    window = "" if encoder.window == int(round(own * encoder.sample_rate)) else f"-w{encoder.window / encoder.sample_rate:g}"
+    return ("" if encoder.features == "pooled" else f"-{encoder.features}") + ("-int8" if int8 else "") + window
 
 
 def _config_hash(cfg: AudioConfig) -> str:
@@ -304,6 +310,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--int8", action="store_true",
                         help="models embed with their towers in int8 on the CPU (faster; see docs/benchmarks-embed.md)")
+    parser.add_argument("--retrieval", action="append", default=[], metavar="SET",
+                        help="repeatable: audio<->video retrieval of checkpoints with a video tower on videos no "
+                        "pretraining saw: avepm (the 172 AVE-PM test clips under --data-root) or a folder / list "
+                        "file of videos (avssl.retrieval; writes OUT/retrieval.md)")
 
 
 def with_baselines(models: list[str]) -> list[str]:
@@ -321,8 +331,8 @@ def run_eval(args: argparse.Namespace) -> int:
             log.error("--suite shared: no shared-data task found under %s (set --data-root)", data_root)
             return 2
         tasks += [t for t in found if t not in tasks]
-    if not tasks:
-        log.error("no task given; use --task NAME (repeatable) or --suite shared")
+    if not tasks and not args.retrieval:
+        log.error("no task given; use --task NAME (repeatable), --suite shared or --retrieval SET")
         return 2
     models = list(args.models) if args.no_baselines else with_baselines(list(args.models))
     if not models:
@@ -336,12 +346,22 @@ def run_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        records = evaluate(models, tasks, data_root, args.out, seeds=args.seeds, device=args.device, view=args.view,
-                           features=args.features, cache_dir=args.cache_dir, batch_size=args.batch_size,
-                           plots=not args.no_plots, int8=args.int8, select_layer=args.select_layer)
-    except FileNotFoundError as e:  # missing checkpoint or dataset: the message says which and where
+        if tasks:
+            records = evaluate(models, tasks, data_root, args.out, seeds=args.seeds, device=args.device,
+                               view=args.view, features=args.features, cache_dir=args.cache_dir,
+                               batch_size=args.batch_size, plots=not args.no_plots, int8=args.int8,
+                               select_layer=args.select_layer)
+            log.info("%d results in %.1f s; table: %s\n%s", len(records), time.perf_counter() - t0,
+                     args.out / "results.md", markdown_table(records))
+        if args.retrieval:
+            from .retrieval import retrieval_table, run_retrieval
+
+            found = run_retrieval(models, args.retrieval, data_root, args.out)
+            if not found:
+                log.error("--retrieval: no model with an audio and a video tower among %s", ", ".join(models))
+                return 2
+            log.info("retrieval: %s\n%s", args.out / "retrieval.md", retrieval_table(found))
+    except (FileNotFoundError, ValueError) as e:  # missing checkpoint, dataset or videos: the message says which
         log.error("%s", e)
         return 2
-    log.info("%d results in %.1f s; table: %s\n%s", len(records), time.perf_counter() - t0,
-             args.out / "results.md", markdown_table(records))
     return 0

@@ -161,21 +161,78 @@ def load_clips(paths: list[Path], cfg: Config, progress: bool = True) -> tuple[l
     return clips, skipped
 
 
-def evaluate_retrieval(checkpoint: str | Path, spec: str, data_root: str | Path | None = None,
-                       progress: bool = True) -> dict[str, Any]:
-    """:func:`retrieval` of a checkpoint's towers on a retrieval set; JSON-ready (no arrays), with ``skipped``."""
-    from .checkpoint import model_from_checkpoint
+def retrieval_model(spec: str) -> tuple[torch.nn.Module, Config] | None:
+    """``(model, cfg)`` of a checkpoint path or ``random-init:CKPT`` (its architecture, untrained, seed 0) when it
+    has an audio and a video tower; None for anything else (baselines, presets, audio-only models)."""
+    from .checkpoint import config_of, model_from_checkpoint, random_model
 
-    model, cfg = model_from_checkpoint(checkpoint)
+    target = spec.split(":", 1)[1] if spec.startswith("random-init:") else spec
+    if not Path(target).is_file() or Path(target).suffix in (".yaml", ".yml"):
+        return None
+    cfg = config_of(target)
+    if "video" not in cfg.model.views or not {"spec", "wave"} & set(cfg.model.views):
+        return None
+    return (random_model(cfg, 0), cfg) if spec.startswith("random-init:") else model_from_checkpoint(target)
+
+
+def evaluate_retrieval(model: torch.nn.Module, cfg: Config, spec: str, data_root: str | Path | None = None,
+                       progress: bool = True, clip_cache: dict | None = None) -> dict[str, Any]:
+    """:func:`retrieval` of a model on a retrieval set (:func:`retrieval_inputs`); JSON-ready (no arrays), with
+    the files ``skipped`` and why. ``clip_cache`` (a dict) keeps decoded clips between calls with the same set,
+    audio rate, fps and frame size."""
     paths, labels = retrieval_inputs(spec, data_root)
-    clips, skipped = load_clips(paths, cfg, progress)
+    key = (spec, str(data_root), cfg.audio.sample_rate, cfg.video.fps, cfg.video.size)
+    cache = clip_cache if clip_cache is not None else {}
+    if key not in cache:
+        cache[key] = load_clips(paths, cfg, progress)
+    clips, skipped = cache[key]
     if len(clips) < 2:
         raise ValueError(f"retrieval set {spec!r}: {len(clips)} decodable videos; need at least 2")
-    kept = [c.name for c in clips]
     if labels is not None:
         by_path = dict(zip(map(str, paths), labels))
-        labels = [by_path[k] for k in kept]
+        labels = [by_path[c.name] for c in clips]
     res = retrieval(model, cfg, clips, labels=labels)
     res.pop("similarity")
     res.pop("ranks")
     return {"set": spec, **res, "skipped": skipped}
+
+
+def retrieval_table(records: list[dict[str, Any]]) -> str:
+    """Markdown: one row per (model, set): top-1, top-5 (%) and median rank both ways, chance beside them."""
+    head = "| model | set | clips | a2v top-1 | a2v top-5 | a2v median rank | v2a top-1 | v2a top-5 | v2a median rank |"
+    lines = [head, "|" + "---|" * 9]
+    for r in records:
+        lines.append(f"| {r['model']} | {r['set']} | {r['num_clips']} | {100 * r['a2v_top1']:.1f} | "
+                     f"{100 * r['a2v_top5']:.1f} | {r['a2v_median_rank']:.0f} | {100 * r['v2a_top1']:.1f} | "
+                     f"{100 * r['v2a_top5']:.1f} | {r['v2a_median_rank']:.0f} |")
+    if records:
+        r = records[0]
+        lines.append(f"| *chance* | | | {100 * r['chance_top1']:.1f} | {100 * r['chance_top5']:.1f} | "
+                     f"{r['chance_median_rank']:.1f} | {100 * r['chance_top1']:.1f} | {100 * r['chance_top5']:.1f} | "
+                     f"{r['chance_median_rank']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_retrieval(models: list[str], sets: list[str], data_root: str | Path | None, out: str | Path,
+                  progress: bool = True) -> list[dict[str, Any]]:
+    """:func:`evaluate_retrieval` of every model spec with an audio and a video tower on every set; writes
+    ``<out>/retrieval.jsonl`` (appended) and ``<out>/retrieval.md`` (this call's table)."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records, cache = [], {}
+    for spec in models:
+        loaded = retrieval_model(spec)
+        if loaded is None:
+            log.info("retrieval: %s has no video tower (or is a baseline); skipped", spec)
+            continue
+        for name in sets:
+            rec = {"model": spec, **evaluate_retrieval(*loaded, name, data_root, progress, cache)}
+            log.info("retrieval %s on %s: a2v top-5 %.1f%% (chance %.1f%%), median rank %.0f of %d", spec, name,
+                     100 * rec["a2v_top5"], 100 * rec["chance_top5"], rec["a2v_median_rank"], rec["num_clips"])
+            with (out / "retrieval.jsonl").open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            records.append(rec)
+    (out / "retrieval.md").write_text(retrieval_table(records))
+    return records

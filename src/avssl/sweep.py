@@ -152,7 +152,9 @@ def _evaluate(cell: Cell, spec: str, tasks: dict[str, Any], out: Path, probe_see
     from .evaluate import embed_task, probe_blocks, resolve_model
     from .probe import run_probes
 
-    ref = resolve_model(spec, seed=cell.seed, features=cell.cfg.embed.features)
+    embed = cell.cfg.embed  # cells that share a run may differ in how they read it: window and features
+    ref = resolve_model(spec, seed=cell.seed, features=embed.features,
+                        window_seconds=embed.window_seconds or cell.cfg.data.crop_seconds)
     results = {}
     for name, task in tasks.items():
         t0 = time.perf_counter()
@@ -167,16 +169,65 @@ def _evaluate(cell: Cell, spec: str, tasks: dict[str, Any], out: Path, probe_see
     return results
 
 
+def code_version() -> str:
+    """``avssl VERSION+SOURCEHASH``: the package version and a hash of its Python sources, recorded in every cell."""
+    import hashlib
+
+    from . import __version__
+
+    digest = hashlib.sha1()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:10]}"
+
+
+def _retrieval(cell: Cell, ckpt: Path | None, sets: list[str], data_root: str | Path | None,
+               clip_cache: dict) -> dict[str, Any]:
+    """Audio <-> video retrieval (:mod:`avssl.retrieval`) of a training cell whose model has a video tower, on
+    every set; empty for other cells."""
+    from .retrieval import evaluate_retrieval, retrieval_model
+
+    loaded = retrieval_model(str(ckpt)) if cell.kind == "train" and sets else None
+    if loaded is None:
+        return {}
+    results = {}
+    for name in sets:
+        res = evaluate_retrieval(*loaded, name, data_root, progress=False, clip_cache=clip_cache)
+        results[name] = {k: v for k, v in res.items() if k != "skipped"} | {"skipped": len(res["skipped"])}
+        log.info("%s (seed %d) retrieval on %s: a2v top-5 %.1f%% (chance %.1f%%)", cell.name, cell.seed, name,
+                 100 * res["a2v_top5"], 100 * res["chance_top5"])
+    return results
+
+
+def _needs_retrieval(cell: Cell, sets: list[str]) -> bool:
+    return cell.kind == "train" and "video" in cell.cfg.model.views and bool(sets)
+
+
 def run_cell(cell: Cell, data: str, tasks: dict[str, Any], out: Path, *, probe_seeds: int = 3,
-             progress: bool = True, audio_cache: Any = None) -> dict[str, Any]:
-    """Run one cell unless ``cells/<key>/cell.json`` already holds every task; never raises for a
-    failing cell: the error is recorded (status ``failed``) and returned."""
+             progress: bool = True, audio_cache: Any = None, retrieval: list[str] | None = None,
+             data_root: str | Path | None = None, clip_cache: dict | None = None) -> dict[str, Any]:
+    """Run one cell unless ``cells/<key>/cell.json`` already holds every task (and every ``retrieval`` set, for
+    a model with a video tower); never raises for a failing cell: the error is recorded (status ``failed``)
+    and returned."""
+    retrieval = list(retrieval or [])
     folder = out / "cells" / cell.key
     record = _read_json(folder / "cell.json")
-    if record and record.get("status") == "done" and set(tasks) <= set(record.get("results", {})):
+    made_by = {"probe_seeds": probe_seeds, "data_root": str(Path(data_root).resolve()) if data_root else None}
+    if record and {k: record.get(k) for k in made_by} != made_by:  # other probe seeds or task data: re-evaluate
+        log.warning("cell %s (seed %d) was evaluated with %s; evaluating again with %s", cell.name, cell.seed,
+                    {k: record.get(k) for k in made_by}, made_by)
+        record = {**record, "results": {}, "retrieval": {}, "status": "stale"}
+    if record and record.get("code") not in (None, code_version()):
+        log.warning("cell %s (seed %d) was made by avssl %s; this is %s: its results are kept (delete %s to redo it)",
+                    cell.name, cell.seed, record.get("code"), code_version(), folder)
+    want_sets = set(retrieval) if _needs_retrieval(cell, retrieval) else set()
+    if (record and record.get("status") == "done" and set(tasks) <= set(record.get("results", {}))
+            and want_sets <= set(record.get("retrieval", {}))):
         return record
     record = {"name": cell.name, "kind": cell.kind, "model": cell.model, "seed": cell.seed, "key": cell.key,
-              "overrides": cell.overrides, "results": (record or {}).get("results", {})}
+              "overrides": cell.overrides, "results": (record or {}).get("results", {}),
+              "retrieval": (record or {}).get("retrieval", {}), **made_by,
+              "code": (record or {}).get("code") if (record or {}).get("results") else code_version()}
     if dist.is_main_process():
         folder.mkdir(parents=True, exist_ok=True)
         save_config(cell.cfg, folder / "config.yaml")
@@ -189,6 +240,8 @@ def run_cell(cell: Cell, data: str, tasks: dict[str, Any], out: Path, *, probe_s
             todo = {n: t for n, t in tasks.items() if n not in record["results"]}
             record["results"].update(_evaluate(cell, _model_spec(cell, ckpt, out), todo, out, probe_seeds,
                                                audio_cache))
+            sets = [x for x in retrieval if x not in record["retrieval"]]
+            record["retrieval"].update(_retrieval(cell, ckpt, sets, data_root, clip_cache if clip_cache is not None else {}))
         record.update(status="done", error=None)
     except Exception as e:  # a failing cell is recorded; the others go on
         log.error("cell %s (seed %d) failed: %s", cell.name, cell.seed, e)
@@ -203,9 +256,12 @@ def run_cell(cell: Cell, data: str, tasks: dict[str, Any], out: Path, *, probe_s
 
 
 def sweep(cells: list[Cell], data: str, task_names: list[str], data_root: str | Path | None, out: str | Path, *,
-          only: int | None = None, probe_seeds: int = 3, progress: bool = True) -> list[dict[str, Any]]:
+          only: int | None = None, probe_seeds: int = 3, progress: bool = True,
+          retrieval: list[str] | None = None) -> list[dict[str, Any]]:
     """Run ``cells`` (or only ``cells[only]``), then rebuild ``results.jsonl``, ``results.md`` and the
-    plots from every finished cell in ``out``. Returns the records of this sweep's cells."""
+    plots from every finished cell in ``out``. ``retrieval``: sets of videos (``avepm``, a folder...) on which
+    every trained model with a video tower is also scored by audio <-> video retrieval (a column of the
+    table). Returns the records of this sweep's cells."""
     from .evaluate import AudioCache
     from .tasks import load_task
 
@@ -213,13 +269,14 @@ def sweep(cells: list[Cell], data: str, task_names: list[str], data_root: str | 
     out.mkdir(parents=True, exist_ok=True)
     tasks = {name: load_task(name, data_root) for name in task_names}
     chosen = cells if only is None else [cells[only]]
-    audio_cache = AudioCache()  # every cell probes the same clips: decode them once
+    audio_cache, clip_cache = AudioCache(), {}  # every cell probes the same clips: decode them once
     for i, cell in enumerate(chosen):
         log.info("cell %d/%d: %s (seed %d, %s)", i + 1, len(chosen), cell.name, cell.seed, cell.key)
-        run_cell(cell, data, tasks, out, probe_seeds=probe_seeds, progress=progress, audio_cache=audio_cache)
+        run_cell(cell, data, tasks, out, probe_seeds=probe_seeds, progress=progress, audio_cache=audio_cache,
+                 retrieval=retrieval, data_root=data_root, clip_cache=clip_cache)
     records = [r for c in cells if (r := _read_json(out / "cells" / c.key / "cell.json"))]
     if dist.is_main_process():
-        write_report(records, task_names, out)
+        write_report(records, task_names, out, retrieval or [])
     return records
 
 
@@ -242,6 +299,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="print the cells with their indices and exit")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (torch.set_num_threads); 1 is fastest on a busy machine")
+    parser.add_argument("--retrieval", default="", metavar="SETS",
+                        help="comma-separated: also score every trained model with a video tower by audio<->video "
+                        "retrieval on these videos (avepm: the AVE-PM test clips; or a folder / list file)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -273,7 +333,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
         records = sweep(cells, data, tasks, args.data_root or default_data_root(), args.out, only=args.cell,
-                        probe_seeds=args.probe_seeds, progress=not args.no_progress)
+                        probe_seeds=args.probe_seeds, progress=not args.no_progress,
+                        retrieval=[x.strip() for x in args.retrieval.split(",") if x.strip()])
     except (KeyError, FileNotFoundError) as e:  # an unknown task or missing task data: nothing has run yet
         log.error("avssl sweep: %s", e)
         return 2

@@ -135,6 +135,12 @@ def plan(base: Config, variants: list[tuple[str, dict]], seeds: int, data: str =
         for name, flat in variants:
             cfg = apply_overrides(base, nest({**flat, "train.seed": seed}))
             cells.append(Cell(name, "train", seed, cfg, flat, data=data))
+    seen: dict[str, str] = {}
+    for c in cells:
+        if c.kind == "train" and c.key in seen:
+            raise ConfigError(f"variants {seen[c.key]!r} and {c.name!r} resolve to the same config (one cell): "
+                              "drop one, or make them differ")
+        seen[c.key] = c.name
     return cells
 
 

@@ -14,10 +14,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(records: list[dict[str, Any]], tasks: list[str]) -> list[dict[str, Any]]:
+def summarise(records: list[dict[str, Any]], tasks: list[str], retrieval: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per variant (cells sharing a name): per task and for the mean over tasks, the mean
-    and std over seeds of the headline metric (in %), plus compute. Only finished cells count;
-    a variant's mean over tasks uses the seeds that have every task."""
+    and std over seeds of the headline metric (in %), plus compute; per ``retrieval`` set the audio -> video
+    top-5 (%) of the cells that have it. Only finished cells count; a variant's mean over tasks uses the seeds
+    that have every task."""
+    retrieval = retrieval or []
     rows: dict[str, dict[str, Any]] = {}
     for r in records:
         if r.get("status") != "done":
@@ -26,6 +28,9 @@ def summarise(records: list[dict[str, Any]], tasks: list[str]) -> list[dict[str,
                                           "overall": [], "steps": [], "tflops": [], "gflops_per_step": [],
                                           "train_seconds": []})
         row["seeds"].append(r["seed"])
+        for name in retrieval:
+            if name in r.get("retrieval", {}):
+                row["per_task"].setdefault(_retrieval_column(name), []).append(100 * r["retrieval"][name]["a2v_top5"])
         for t in tasks:
             if t in r["results"]:
                 row["per_task"].setdefault(t, []).append(100 * r["results"][t]["mean"])
@@ -44,9 +49,15 @@ def summarise(records: list[dict[str, Any]], tasks: list[str]) -> list[dict[str,
     return sorted(out, key=lambda r: r["kind"] != "train")  # training variants first, in plan order
 
 
-def table(rows: list[dict[str, Any]], tasks: list[str]) -> str:
-    """Markdown: variants as rows; each task, the mean over tasks and the compute as columns."""
-    head = ["variant", "seeds", *tasks, "mean", "steps", "GFLOP/step", "TFLOP", "train min"]
+def _retrieval_column(name: str) -> str:
+    return f"a2v top-5 ({name})"
+
+
+def table(rows: list[dict[str, Any]], tasks: list[str], retrieval: list[str] | None = None) -> str:
+    """Markdown: variants as rows; each task, the mean over tasks, each retrieval set's audio -> video top-5 and
+    the compute as columns."""
+    extra = [_retrieval_column(n) for n in retrieval or []]
+    head = ["variant", "seeds", *tasks, "mean", *extra, "steps", "GFLOP/step", "TFLOP", "train min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cell(ms: tuple[float, float] | None) -> str:
@@ -57,11 +68,11 @@ def table(rows: list[dict[str, Any]], tasks: list[str]) -> str:
                (("steps", ".0f"), ("gflops_per_step", ".1f"), ("tflops", ".1f"))]
         minutes = f"{r['train_seconds'] / 60:.1f}" if r["train_seconds"] is not None else "-"
         lines.append("| " + " | ".join([r["name"].replace("|", "/"), str(len(r["seeds"])), *[cell(r["tasks"].get(t)) for t in tasks],
-                                        cell(r["mean"]), *num, minutes]) + " |")
+                                        cell(r["mean"]), *[cell(r["tasks"].get(c)) for c in extra], *num, minutes]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_report(records: list[dict[str, Any]], tasks: list[str], out: Path) -> None:
+def write_report(records: list[dict[str, Any]], tasks: list[str], out: Path, retrieval: list[str] | None = None) -> None:
     """``results.jsonl`` (one row per cell and task), ``results.md`` and ``plots/`` in ``out``."""
     rows = []
     for r in records:
@@ -69,10 +80,15 @@ def write_report(records: list[dict[str, Any]], tasks: list[str], out: Path) -> 
                                       "gflops_per_step", "tflops", "train_seconds", "overrides")}
         rows += [{**base, "task": t, **res} for t, res in r.get("results", {}).items()] or [base]
     write_text(out / "results.jsonl", "".join(json.dumps(x, default=str) + "\n" for x in rows))
-    summary = summarise(records, tasks)
+    summary = summarise(records, tasks, retrieval)
     text = "Headline metric (%) per task, mean ± std over pretraining seeds (each seed: mean over probe seeds " \
            "and folds). Compute: optimizer steps, counted GFLOPs per training step, TFLOPs in all, measured " \
-           "training minutes.\n\n" + table(summary, tasks)
+           "training minutes.\n\n" + table(summary, tasks, retrieval)
+    for name in retrieval or []:
+        chance = next((r["retrieval"][name] for r in records if name in r.get("retrieval", {})), None)
+        if chance:
+            text += (f"\n{_retrieval_column(name)}: share of the {chance['num_clips']} clips whose audio ranks its own "
+                     f"video among the first five (chance {100 * chance['chance_top5']:.1f}%); avssl.retrieval.\n")
     failed = [r for r in records if r.get("status") == "failed"]
     if failed:
         text += "\nFailed cells:\n\n" + "".join(f"- {r['name']} (seed {r['seed']}): {r['error']}\n" for r in failed)
