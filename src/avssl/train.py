@@ -325,7 +325,7 @@ def _log_row(step, sums, n, emb, optimizer, loader, world, wait, t_log) -> dict[
 
 
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="small", help="preset name (tiny | small | paper) or a YAML file")
+    parser.add_argument("--config", default="small", help="preset name (tiny | cpu | small | paper: src/avssl/configs) or a YAML file")
     parser.add_argument("--data", required=True, help="shard folder, brace pattern of shards, or shard URLs")
     parser.add_argument("--manifest", default=None, help="folder of manifest.json for --data URLs (default: beside them)")
     parser.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints)")
