@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _build_parser(command: str | None) -> argparse.ArgumentParser:
+def _top_parser() -> argparse.ArgumentParser:
+    """``avssl [-v] [--version] COMMAND ...``: lists the commands (their options are parsed by :func:`_command_parser`)."""
     parser = argparse.ArgumentParser(
         prog="avssl",
         description="Self-supervised audio representations from video: ingest, pretrain, embed, evaluate.",
@@ -32,26 +33,32 @@ def _build_parser(command: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"avssl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == command:
-            mod = importlib.import_module(module)
-            getattr(mod, f"add_{name}_arguments")(p)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    module, help_text = COMMANDS[command]
+    parser = argparse.ArgumentParser(prog=f"avssl {command}", description=help_text)
+    getattr(importlib.import_module(module), f"add_{command}_arguments")(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Options may come before or after a command's positional arguments
+    (``avssl eval CKPT --features layers logmel-stats``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command not in COMMANDS:
-        command = None
-    parser = _build_parser(command)
-    args = parser.parse_args(argv)
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if at is None or argv[at] not in COMMANDS:
+        _top_parser().parse_args(argv)  # --help, --version, or an unknown command: argparse says which
+        _top_parser().print_help()
+        return 0
+    top = _top_parser().parse_args(argv[:at])
+    args = _command_parser(argv[at]).parse_intermixed_args(argv[at + 1 :])
+    args.command, args.verbose = argv[at], top.verbose
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.command is None:
-        parser.print_help()
-        return 0
     mod = importlib.import_module(COMMANDS[args.command][0])
     return int(getattr(mod, f"run_{args.command}")(args) or 0)
