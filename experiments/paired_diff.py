@@ -5,8 +5,9 @@ A - B is taken seed by seed and its mean and standard deviation (numpy ddof=0, a
 reported; "ahead" means the mean exceeds twice that std. Also, per task, every trained variant against
 the random-init baseline of the same seed, and each audio-visual variant's held-out retrieval.
 
-    python experiments/paired_diff.py SWEEP_OUT --pair "audio-visual + two-crop (spec-video, spec-spec)=audio-only two-crop (spec-spec)" \
-        --pair "audio-visual + multi-format=audio-only multi-format (spec-wave)"
+    python experiments/paired_diff.py SWEEP_OUT \
+        --pair "audio-visual + two-crop (spec-video, spec-spec)" "audio-only two-crop (spec-spec)" \
+        --pair "audio-visual + multi-format" "audio-only multi-format (spec-wave)"
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sweep", type=Path)
     p.add_argument("--tasks", default="avepm,avepm-groups,fsdd-digits,fsdd-speakers,instruments")
-    p.add_argument("--pair", action="append", default=[], metavar="A=B")
+    p.add_argument("--pair", action="append", default=[], nargs=2, metavar=("A", "B"))
     p.add_argument("--baseline", default="random-init")
     p.add_argument("--retrieval", default="avepm")
     args = p.parse_args()
@@ -61,12 +62,11 @@ def main() -> None:
     print("## Paired differences on the mean over tasks (A - B per seed)\n")
     print("| A | B | per seed | mean ± std | A ahead by > 2 std |")
     print("|---|---|---|---|---|")
-    for pair in args.pair:
-        a, b = pair.split("=", 1)
+    for a, b in args.pair:
         d = paired(cells, a, b, None, tasks)
         mean = statistics.fmean(d) if d else float("nan")
         std = statistics.pstdev(d) if len(d) > 1 else 0.0
-        verdict = "yes" if d and mean > 2 * std else "no"
+        verdict = "yes" if len(d) > 1 and mean > 2 * std else "no"
         print(f"| {a} | {b} | {' / '.join(f'{x:+.2f}' for x in d)} | {_ms(d)} | {verdict} (n={len(d)}) |")
     trained = sorted({n for (n, _), c in cells.items() if c["kind"] == "train"})
     print(f"\n## Each trained variant minus {args.baseline} of the same seed, per task (mean ± std over seeds)\n")

@@ -89,3 +89,6 @@ def test_carve_with_few_clips_per_class_loses_no_class(seed):
     tr, va = probe._carve(uneven, 0.2, seed)
     assert np.bincount(uneven[tr], minlength=50).min() >= 1
     assert (np.bincount(uneven[va], minlength=50)[40:] >= 1).all()  # large classes give floor(0.2 * 9) = 1 or more
+    tiny = np.repeat(np.arange(3), 2)  # 3 classes x 2 clips: the draws may all miss; the split is never empty
+    tr, va = probe._carve(tiny, 0.2, seed)
+    assert len(va) >= 1 and np.bincount(tiny[tr], minlength=3).min() >= 1

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from avssl.cli import main
-from avssl.retrieval import clip_windows, rank_metrics, retrieval_inputs
+from avssl.checkpoint import model_from_checkpoint
+from avssl.retrieval import clip_windows, has_retrieval_towers, load_clips, rank_metrics, retrieval, retrieval_inputs
 from avssl.video import encode_video
 from test_embed import make_checkpoint
 
@@ -27,10 +28,10 @@ def test_rank_metrics_on_a_planted_similarity():
     assert r["ranks"].tolist() == [1, 1, 2, 3, 6, 6]
     assert r["a2v_top1"] == pytest.approx(2 / 6) and r["a2v_top5"] == pytest.approx(4 / 6)
     assert r["a2v_median_rank"] == 2.5
-    # video -> audio reads the columns: video 0 is beaten by audios 2 and 3 (0.9 > 1.0? no: 1.0 is its own)
-    col = [(sim[:, j] >= sim[j, j]).sum() for j in range(6)]
-    assert r["v2a_top1"] == pytest.approx(np.mean(np.array(col) == 1))
-    assert r["v2a_median_rank"] == np.median(col)
+    # video -> audio reads the columns: videos 0-3 find their own audio first (0.9 < 1.0 in columns 0 and 1);
+    # columns 4 and 5 are all >= their own entry: rank 6
+    assert r["v2a_top1"] == pytest.approx(4 / 6) and r["v2a_top5"] == pytest.approx(4 / 6)
+    assert r["v2a_median_rank"] == 1.0
     assert r["chance_top1"] == pytest.approx(1 / 6) and r["chance_top5"] == pytest.approx(5 / 6)
     assert r["chance_median_rank"] == 3.5
 
@@ -49,6 +50,11 @@ def test_clip_windows_are_aligned_and_cover_the_clip():
     assert [w[0] for w in a] == pytest.approx([0.0, 2.0])  # spread over the clip: first and last
     short_a, short_f = clip_windows(audio[:50], frames[:2], crop, sr, fps)  # shorter than a window: padded
     assert short_a.shape == (1, 100) and (short_a[0, 50:] == 0).all() and (short_f[0, 2:] == short_f[0, 1]).all()
+    # 2.6 fps: a window is round(2.6) = 3 frames = 1.154 s; every window lies inside the clip, aligned
+    a, f = clip_windows(audio, frames[:9], crop, sr, 2.6)
+    assert len(a) == 3 and (a[-1] != 0).all()
+    for k in range(3):
+        assert a[k, 0] == pytest.approx(f[k, 0, 0, 0, 0] / 2.6, abs=0.01)
 
 
 def _videos(folder: Path, n: int) -> list[Path]:
@@ -65,15 +71,21 @@ def test_eval_retrieval_on_a_folder_of_videos(tmp_path):
     ckpt = make_checkpoint(tmp_path / "tiny.pt")
     videos = tmp_path / "videos"
     videos.mkdir()
-    _videos(videos, 4)
+    _videos(videos, 8)
     (videos / "broken.mp4").write_bytes(b"not a video at all")
     assert retrieval_inputs(str(videos))[1] is None  # a folder has no labels
     out = tmp_path / "eval"
     assert main(["eval", str(ckpt), "--retrieval", str(videos), "--out", str(out), "--no-baselines"]) == 0
     rec = json.loads((out / "retrieval.jsonl").read_text().splitlines()[0])
-    assert rec["num_clips"] == 4 and rec["chance_top5"] == 1.0 and rec["chance_median_rank"] == 2.5
+    assert rec["num_clips"] == 8 and rec["chance_top5"] == 5 / 8 and rec["chance_median_rank"] == 4.5
     assert [Path(s["path"]).name for s in rec["skipped"]] == ["broken.mp4"] and rec["skipped"][0]["reason"]
-    assert 1 <= rec["a2v_median_rank"] <= 4 and rec["a2v_top5"] == 1.0  # 4 clips: always in the first five
+    # the command gives what the API gives on the decodable clips (a reference computed here)
+    model, cfg = model_from_checkpoint(ckpt)
+    clips, _ = load_clips(sorted(p for p in videos.iterdir() if p.name != "broken.mp4"), cfg, progress=False)
+    ref = retrieval(model, cfg, clips)
+    for k in ("a2v_top1", "a2v_top5", "a2v_median_rank", "v2a_top1", "v2a_top5", "v2a_median_rank"):
+        assert rec[k] == pytest.approx(ref[k]), k
+    assert ref["similarity"].shape == (8, 8) and len(set(ref["ranks"].tolist())) > 1  # not a degenerate ranking
     assert "| *chance* |" in (out / "retrieval.md").read_text()
     # an audio-only checkpoint has nothing to retrieve with: a clear error, not an empty table
     audio_only = make_checkpoint(tmp_path / "audio.pt", preset="tiny")
@@ -90,6 +102,15 @@ def test_eval_retrieval_on_a_folder_of_videos(tmp_path):
 def test_retrieval_inputs_names_a_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="avepm"):
         retrieval_inputs(str(tmp_path / "nowhere"))
+    ckpt = make_checkpoint(tmp_path / "tiny.pt")  # and avssl eval says so before embedding anything
+    assert main(["eval", str(ckpt), "--retrieval", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e"),
+                 "--no-baselines"]) == 2
+    assert not (tmp_path / "e" / "retrieval.jsonl").exists()
+
+
+def test_which_models_retrieval_scores():
+    assert has_retrieval_towers(["spec", "video"]) and has_retrieval_towers(["wave", "video"])
+    assert not has_retrieval_towers(["video"]) and not has_retrieval_towers(["spec", "wave"])
 
 
 def test_avepm_retrieval_set_is_the_test_split(shared_data):

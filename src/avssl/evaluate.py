@@ -346,6 +346,11 @@ def run_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
+        if args.retrieval:  # a missing set fails now, before any model is embedded
+            from .retrieval import retrieval_inputs
+
+            for name in args.retrieval:
+                retrieval_inputs(name, data_root)
         if tasks:
             records = evaluate(models, tasks, data_root, args.out, seeds=args.seeds, device=args.device,
                                view=args.view, features=args.features, cache_dir=args.cache_dir,

@@ -138,6 +138,8 @@ def _carve_keeping_classes(y: np.ndarray, share: float, seed: int) -> tuple[np.n
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     quota = share * counts
     take = np.minimum(np.floor(quota).astype(int) + (rng.random(len(classes)) < quota % 1), counts - 1)
+    if take.sum() == 0:  # every draw missed (a small task): one validation example from a random class
+        take[rng.choice(np.flatnonzero(counts > 1))] = 1
     valid = np.concatenate([rng.permutation(np.flatnonzero(inverse == c))[:k] for c, k in enumerate(take)])
     return np.setdiff1d(np.arange(len(y)), valid), np.sort(valid)
 

@@ -45,14 +45,14 @@ def clip_windows(audio: np.ndarray, frames: np.ndarray, crop_seconds: float, sam
     """Consecutive aligned windows of one clip: ``(float32[K, N], uint8[K, T, H, W, 3])``.
 
     ``N = round(crop_seconds * sample_rate)``, ``T = round(crop_seconds * fps)``; window ``k`` starts on frame
-    ``k * T`` and at the sample where that frame is shown. ``K`` = the whole windows the clip holds (at most
+    ``k * T`` and at the sample where that frame is shown. ``K`` = the whole windows both streams hold (at most
     ``max_windows``, spread evenly over the clip), and 1 for a clip shorter than a window (padded as
     :func:`avssl.crops.crop_clip` pads)."""
     n, t = int(round(crop_seconds * sample_rate)), int(round(crop_seconds * fps))
-    seconds = min(len(audio) / sample_rate, len(frames) / fps)
-    whole = max(1, int(np.floor(seconds / crop_seconds + 1e-6)))
+    hop = t / fps * sample_rate  # samples between window starts: t frames
+    whole = max(1, min(len(frames) // t, int((len(audio) - n) // hop) + 1))
     picks = np.unique(np.linspace(0, whole - 1, min(whole, max_windows)).round().astype(int))
-    cuts = [_fit(audio[int(round(k * t / fps * sample_rate)):][:n], frames[k * t : (k + 1) * t], n, t) for k in picks]
+    cuts = [_fit(audio[int(round(k * hop)):][:n], frames[k * t : (k + 1) * t], n, t) for k in picks]
     return np.stack([a for a, _ in cuts]), np.stack([f for _, f in cuts])
 
 
@@ -161,6 +161,11 @@ def load_clips(paths: list[Path], cfg: Config, progress: bool = True) -> tuple[l
     return clips, skipped
 
 
+def has_retrieval_towers(views: list[str]) -> bool:
+    """A model can be scored by retrieval when it has a video tower and an audio one."""
+    return "video" in views and bool({"spec", "wave"} & set(views))
+
+
 def retrieval_model(spec: str) -> tuple[torch.nn.Module, Config] | None:
     """``(model, cfg)`` of a checkpoint path or ``random-init:CKPT`` (its architecture, untrained, seed 0) when it
     has an audio and a video tower; None for anything else (baselines, presets, audio-only models)."""
@@ -170,7 +175,7 @@ def retrieval_model(spec: str) -> tuple[torch.nn.Module, Config] | None:
     if not Path(target).is_file() or Path(target).suffix in (".yaml", ".yml"):
         return None
     cfg = config_of(target)
-    if "video" not in cfg.model.views or not {"spec", "wave"} & set(cfg.model.views):
+    if not has_retrieval_towers(cfg.model.views):
         return None
     return (random_model(cfg, 0), cfg) if spec.startswith("random-init:") else model_from_checkpoint(target)
 

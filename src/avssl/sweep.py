@@ -200,7 +200,9 @@ def _retrieval(cell: Cell, ckpt: Path | None, sets: list[str], data_root: str | 
 
 
 def _needs_retrieval(cell: Cell, sets: list[str]) -> bool:
-    return cell.kind == "train" and "video" in cell.cfg.model.views and bool(sets)
+    from .retrieval import has_retrieval_towers
+
+    return cell.kind == "train" and has_retrieval_towers(cell.cfg.model.views) and bool(sets)
 
 
 def run_cell(cell: Cell, data: str, tasks: dict[str, Any], out: Path, *, probe_seeds: int = 3,
@@ -216,7 +218,9 @@ def run_cell(cell: Cell, data: str, tasks: dict[str, Any], out: Path, *, probe_s
     if record and {k: record.get(k) for k in made_by} != made_by:  # other probe seeds or task data: re-evaluate
         log.warning("cell %s (seed %d) was evaluated with %s; evaluating again with %s", cell.name, cell.seed,
                     {k: record.get(k) for k in made_by}, made_by)
-        record = {**record, "results": {}, "retrieval": {}, "status": "stale"}
+        same_data = record.get("data_root") == made_by["data_root"]  # retrieval does not use the probe seeds
+        record = {**record, "results": {}, "retrieval": record.get("retrieval", {}) if same_data else {},
+                  "status": "stale"}
     if record and record.get("code") not in (None, code_version()):
         log.warning("cell %s (seed %d) was made by avssl %s; this is %s: its results are kept (delete %s to redo it)",
                     cell.name, cell.seed, record.get("code"), code_version(), folder)
@@ -241,7 +245,13 @@ def run_cell(cell: Cell, data: str, tasks: dict[str, Any], out: Path, *, probe_s
             record["results"].update(_evaluate(cell, _model_spec(cell, ckpt, out), todo, out, probe_seeds,
                                                audio_cache))
             sets = [x for x in retrieval if x not in record["retrieval"]]
-            record["retrieval"].update(_retrieval(cell, ckpt, sets, data_root, clip_cache if clip_cache is not None else {}))
+            try:  # a failing retrieval set leaves the probe results standing; a rerun tries it again
+                record["retrieval"].update(_retrieval(cell, ckpt, sets, data_root,
+                                                      clip_cache if clip_cache is not None else {}))
+                record.pop("retrieval_error", None)
+            except (OSError, ValueError) as e:
+                log.error("cell %s (seed %d): retrieval failed: %s", cell.name, cell.seed, e)
+                record["retrieval_error"] = f"{type(e).__name__}: {e}"
         record.update(status="done", error=None)
     except Exception as e:  # a failing cell is recorded; the others go on
         log.error("cell %s (seed %d) failed: %s", cell.name, cell.seed, e)
@@ -268,6 +278,11 @@ def sweep(cells: list[Cell], data: str, task_names: list[str], data_root: str | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = {name: load_task(name, data_root) for name in task_names}
+    if retrieval:  # a missing set fails now, not after hours of training
+        from .retrieval import retrieval_inputs
+
+        for name in retrieval:
+            retrieval_inputs(name, data_root)
     chosen = cells if only is None else [cells[only]]
     audio_cache, clip_cache = AudioCache(), {}  # every cell probes the same clips: decode them once
     for i, cell in enumerate(chosen):
