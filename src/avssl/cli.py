@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if at is None or argv[at] not in COMMANDS:
-        _top_parser().parse_args(argv)  # --help, --version, or an unknown command: argparse says which
-        _top_parser().print_help()
+        parser = _top_parser()
+        parser.parse_args(argv)  # --help, --version, or an unknown command: argparse says which
+        parser.print_help()
         return 0
     top = _top_parser().parse_args(argv[:at])
     args = _command_parser(argv[at]).parse_intermixed_args(argv[at + 1 :])

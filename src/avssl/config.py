@@ -168,6 +168,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
 
+    @property
+    def embed_window_seconds(self) -> float:
+        """The window a tower embeds, in seconds: ``embed.window_seconds``, else the training crop."""
+        return self.embed.window_seconds or self.data.crop_seconds
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -2,7 +2,7 @@
 
 :func:`choose_crop` draws where the window starts from the clip's lengths only; :func:`crop_clip` cuts it
 from decoded arrays and :func:`crop_sample` from a raw shard sample, decoding only the window (the same
-values with the same generator). Short clips are padded (:func:`_fit`); frames larger than the run's
+values with the same generator). Short clips are padded (:func:`fit_crop`); frames larger than the run's
 ``video.size`` are downscaled (:func:`resize_frames`).
 """
 
@@ -43,7 +43,7 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BOX)) for f in frames])
 
 
-def _fit(audio: np.ndarray, frames: np.ndarray | None, n: int, t: int) -> tuple[np.ndarray, np.ndarray | None]:
+def fit_crop(audio: np.ndarray, frames: np.ndarray | None, n: int, t: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Zero-pad the audio to ``n`` samples; repeat the last frame (black when none) to ``t`` frames."""
     audio = np.asarray(audio, dtype=np.float32)
     if len(audio) < n:
@@ -71,7 +71,7 @@ def crop_clip(
     """
     n, t = int(round(crop_seconds * sample_rate)), int(round(crop_seconds * fps))
     start, f0 = choose_crop(len(audio), None if frames is None else len(frames), crop_seconds, sample_rate, fps, rng)
-    return _fit(audio[start : start + n], None if frames is None else frames[f0 : f0 + t], n, t)
+    return fit_crop(audio[start : start + n], None if frames is None else frames[f0 : f0 + t], n, t)
 
 
 def crop_sample(
@@ -98,8 +98,8 @@ def crop_sample(
     frames = None
     if with_frames:
         frames = resize_frames(clip.frames, frame_size) if info.num_frames else np.zeros((0, frame_size, frame_size, 3), np.uint8)
-    audio, frames = _fit(clip.audio, frames, n, t)
+    audio, frames = fit_crop(clip.audio, frames, n, t)
     audio2 = None
     if second is not None:
-        audio2, _ = _fit(decode_sample(sample, start=second / sr, seconds=crop_seconds, frames=False).audio, None, n, t)
+        audio2, _ = fit_crop(decode_sample(sample, start=second / sr, seconds=crop_seconds, frames=False).audio, None, n, t)
     return info.key, audio, audio2, frames

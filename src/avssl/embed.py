@@ -74,7 +74,7 @@ class Embedder(nn.Module):
             raise ValueError(f"features={self.features!r}; use one of {', '.join(EMBED_FEATURES)}")
         self.frame_hop_seconds = float(tower.frame_hop_seconds)
         if window_seconds is None:
-            window_seconds = cfg.embed.window_seconds or cfg.data.crop_seconds
+            window_seconds = cfg.embed_window_seconds
         seconds = float(window_seconds)
         if seconds <= 0:
             raise ValueError(f"window_seconds must be > 0, got {seconds}")

@@ -113,8 +113,8 @@ def probe_blocks(ref: ModelRef, select_layer: bool) -> list[int] | None:
 def _features_tag(encoder: Any, int8: bool = False) -> str:
     """Cache-id suffix of an embedder's feature choice, int8 and window when it is not its config's own (empty for
     the defaults, so old caches stay valid)."""
-    own = encoder.cfg.embed.window_seconds or encoder.cfg.data.crop_seconds
-    window = "" if encoder.window == int(round(own * encoder.sample_rate)) else f"-w{encoder.window / encoder.sample_rate:g}"
+    own = int(round(encoder.cfg.embed_window_seconds * encoder.sample_rate))
+    window = "" if encoder.window == own else f"-w{encoder.window / encoder.sample_rate:g}"
     return ("" if encoder.features == "pooled" else f"-{encoder.features}") + ("-int8" if int8 else "") + window
 
 

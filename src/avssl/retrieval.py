@@ -7,7 +7,7 @@ clip's embedding per modality is the mean of its windows' unit vectors. Every cl
 all clips' videos by cosine similarity (and every video all audios): ``a2v_*`` / ``v2a_*`` top-1,
 top-5 and median rank (1 = its own clip first; ties count against it), with chance beside them.
 
-Clips come from :func:`retrieval_clips`: ``avepm`` (the 172 AVE-PM test clips, never pretrained on) or any
+Clips come from :func:`retrieval_inputs` and :func:`load_clips`: ``avepm`` (the 172 AVE-PM test clips, never pretrained on) or any
 folder, list file or video file a user gives; files that cannot be decoded are skipped with their reason.
 """
 
@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import model_from_checkpoint
 from .config import Config
-from .crops import _fit
+from .crops import fit_crop
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def clip_windows(audio: np.ndarray, frames: np.ndarray, crop_seconds: float, sam
     hop = t / fps * sample_rate  # samples between window starts: t frames
     whole = max(1, min(len(frames) // t, int((len(audio) - n) // hop) + 1))
     picks = np.unique(np.linspace(0, whole - 1, min(whole, max_windows)).round().astype(int))
-    cuts = [_fit(audio[int(round(k * hop)):][:n], frames[k * t : (k + 1) * t], n, t) for k in picks]
+    cuts = [fit_crop(audio[int(round(k * hop)):][:n], frames[k * t : (k + 1) * t], n, t) for k in picks]
     return np.stack([a for a, _ in cuts]), np.stack([f for _, f in cuts])
 
 
@@ -169,7 +170,7 @@ def has_retrieval_towers(views: list[str]) -> bool:
 def retrieval_model(spec: str) -> tuple[torch.nn.Module, Config] | None:
     """``(model, cfg)`` of a checkpoint path or ``random-init:CKPT`` (its architecture, untrained, seed 0) when it
     has an audio and a video tower; None for anything else (baselines, presets, audio-only models)."""
-    from .checkpoint import config_of, model_from_checkpoint, random_model
+    from .checkpoint import config_of, random_model
 
     target = spec.split(":", 1)[1] if spec.startswith("random-init:") else spec
     if not Path(target).is_file() or Path(target).suffix in (".yaml", ".yml"):

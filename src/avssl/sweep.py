@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -152,9 +153,9 @@ def _evaluate(cell: Cell, spec: str, tasks: dict[str, Any], out: Path, probe_see
     from .evaluate import embed_task, probe_blocks, resolve_model
     from .probe import run_probes
 
-    embed = cell.cfg.embed  # cells that share a run may differ in how they read it: window and features
-    ref = resolve_model(spec, seed=cell.seed, features=embed.features,
-                        window_seconds=embed.window_seconds or cell.cfg.data.crop_seconds)
+    # cells that share a run may differ in how they read it (window, features): the cell's config decides
+    ref = resolve_model(spec, seed=cell.seed, features=cell.cfg.embed.features,
+                        window_seconds=cell.cfg.embed_window_seconds)
     results = {}
     for name, task in tasks.items():
         t0 = time.perf_counter()
@@ -169,6 +170,7 @@ def _evaluate(cell: Cell, spec: str, tasks: dict[str, Any], out: Path, probe_see
     return results
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """``avssl VERSION+SOURCEHASH``: the package version and a hash of its Python sources, recorded in every cell."""
     import hashlib
@@ -185,11 +187,12 @@ def _retrieval(cell: Cell, ckpt: Path | None, sets: list[str], data_root: str | 
                clip_cache: dict) -> dict[str, Any]:
     """Audio <-> video retrieval (:mod:`avssl.retrieval`) of a training cell whose model has a video tower, on
     every set; empty for other cells."""
-    from .retrieval import evaluate_retrieval, retrieval_model
+    from .checkpoint import model_from_checkpoint
+    from .retrieval import evaluate_retrieval
 
-    loaded = retrieval_model(str(ckpt)) if cell.kind == "train" and sets else None
-    if loaded is None:
+    if not _needs_retrieval(cell, sets):
         return {}
+    loaded = model_from_checkpoint(ckpt)
     results = {}
     for name in sets:
         res = evaluate_retrieval(*loaded, name, data_root, progress=False, clip_cache=clip_cache)
