@@ -140,3 +140,40 @@ def model_from_checkpoint(path: str | Path, views: list[str] | None = None):
     keep = tuple(f"{part}.{v}." for v in model.views for part in ("towers", "heads"))
     model.load_state_dict({k: v for k, v in state["model"].items() if k.startswith(keep)})
     return model, cfg
+
+
+# -- classifier model files (``avssl finetune`` writes them, ``avssl.classifier`` reads them) ---------------------
+CLASSIFIER_KIND = "avssl-classifier"
+CLASSIFIER_VERSION = 1
+
+
+def save_classifier(path: str | Path, *, config: dict[str, Any], view: str, tower: dict[str, torch.Tensor],
+                    head: dict[str, torch.Tensor], labels: list[str], multilabel: bool,
+                    info: dict[str, Any] | None = None) -> Path:
+    """Write a self-contained classifier model file atomically: the resolved ``config`` (front-end, architecture,
+    embedding window), the ``view`` tower's and the head's weights, the label names in output order and whether
+    the task is multi-label. The tower's weights sit under ``towers.VIEW.`` as in a pretraining checkpoint, so
+    :func:`avssl.embed.load_model` reads the fine-tuned tower from the same file."""
+    from . import __version__
+
+    model = {**{f"towers.{view}.{k}": v for k, v in tower.items()}, **{f"head.{k}": v for k, v in head.items()}}
+    return save_checkpoint({"kind": CLASSIFIER_KIND, "classifier_version": CLASSIFIER_VERSION, "config": config,
+                            "model": model, "view": view, "labels": list(labels), "multilabel": bool(multilabel),
+                            "avssl_version": __version__, "info": info or {}}, path)
+
+
+def load_classifier_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a classifier model file (:func:`save_classifier`); a pretraining checkpoint or a file from a newer
+    avssl is a :class:`CheckpointError` that says what to do."""
+    state = load_checkpoint(path, map_location)
+    if state.get("kind") != CLASSIFIER_KIND:
+        raise CheckpointError(f"{path}: a pretraining checkpoint, not a classifier model file; make one with "
+                              "`avssl finetune CHECKPOINT --task TASK --out DIR` (it writes DIR/model.pt)")
+    if state.get("classifier_version", 0) > CLASSIFIER_VERSION:
+        raise CheckpointError(f"{path}: classifier format {state['classifier_version']} (avssl "
+                              f"{state.get('avssl_version', '?')}) is newer than this avssl reads "
+                              f"({CLASSIFIER_VERSION}); upgrade avssl")
+    missing = [k for k in ("view", "labels", "multilabel") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: classifier model file without {missing}; it is damaged, re-run avssl finetune")
+    return state

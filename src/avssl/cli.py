@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("avssl.collection", "audio embeddings for files and folders with a checkpoint"),
     "export": ("avssl.export", "export a checkpoint's audio tower (with its log-mel front-end) to ONNX"),
     "eval": ("avssl.evaluate", "linear-probe evaluation of models and baselines on tasks"),
+    "finetune": ("avssl.finetune", "train a checkpoint's audio tower end to end with a classification head on labelled clips"),
+    "classify": ("avssl.classify", "label audio/video files, folders and lists with a fine-tuned classifier"),
     "sweep": ("avssl.sweep", "experiment grids: pretrain at fixed steps + evaluate, per cell, with baselines"),
     "demo": ("avssl.demo", "the whole method end to end on a built-in audio-visual world"),
 }

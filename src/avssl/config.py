@@ -10,7 +10,6 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -155,6 +154,43 @@ class EmbedConfig:
     select_layer: bool = False
 
 
+FINETUNE_VIEWS = ("spec", "wave")
+
+
+@dataclass
+class FinetuneConfig:
+    """``avssl finetune``: an audio tower trained end to end with a linear head on labelled clips (docs/finetune.md).
+
+    The budget is in epochs (a pass over the training clips, or ``min_epoch_steps`` steps when that is longer,
+    so that runs on a few labels still take enough steps between validations); the run stops early after
+    ``patience`` epochs without a validation gain and keeps the best epoch. AdamW, linear warm-up then cosine
+    decay; the tower learns at ``lr * tower_lr_scale`` (0 freezes its weights). Training clips are cut to the
+    embedding window at random (``embed.window_seconds``, else the training crop), mixed with mixup
+    (``mixup_alpha``, 0 = off) and, on the spectrogram tower, masked (``spec_mask``). ``labels_per_class`` > 0
+    keeps that many training clips per class (few-label runs; the draw follows ``seed``). ``bn_stats``: the
+    tower's BatchNorm layers normalise with statistics estimated on the training clips before the first step
+    (``task``) or those of the checkpoint (``checkpoint``), fixed from then on so that training computes what
+    inference computes; or with each batch's own statistics (``batch``, the usual training mode)."""
+
+    view: str = "spec"  # spec | wave: the audio tower to fine-tune
+    epochs: int = 30
+    min_epoch_steps: int = 20
+    patience: int = 6  # 0: never stop early
+    batch_size: int = 32
+    lr: float = 1e-2
+    tower_lr_scale: float = 0.1
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0  # 0: no clipping
+    mixup_alpha: float = 0.3
+    spec_mask: bool = True
+    head_dropout: float = 0.1
+    valid_share: float = 0.2  # validation carved from train (when the task has none), as the linear probe does
+    labels_per_class: int = 0  # 0: every training clip
+    bn_stats: str = "task"  # task | checkpoint | batch: the tower's BatchNorm statistics (docs/finetune.md)
+    seed: int = 0
+
+
 @dataclass
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -167,6 +203,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     @property
     def embed_window_seconds(self) -> float:
@@ -203,6 +240,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "optim.name": ("adamw", "lars"),
     "train.precision": ("auto", "bf16", "fp32"),
     "embed.features": EMBED_FEATURES,
+    "finetune.view": FINETUNE_VIEWS,
+    "finetune.bn_stats": ("task", "checkpoint", "batch"),
 }
 
 
@@ -337,7 +376,3 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return path
 
-
-def config_json(cfg: Config) -> str:
-    """The resolved config as canonical JSON (for manifests and checkpoints)."""
-    return json.dumps(cfg.to_dict(), sort_keys=True)

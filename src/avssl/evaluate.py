@@ -73,7 +73,7 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
     window other than that default is part of the cache id."""
     if spec in BASELINES:
         return ModelRef(spec, f"{spec}-{_config_hash(AudioConfig())}", StatsBaseline(spec))
-    from .config import config_json, load_config
+    from .config import load_config
 
     if spec.startswith("random-init:"):
         from .checkpoint import config_of, random_model
@@ -85,7 +85,8 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
         if view not in cfg.model.views:
             raise ValueError(f"{spec}: the architecture has views {cfg.model.views}, not {view!r}; use --view")
         model = random_model(cfg, seed, views=[view])
-        cfg_id = hashlib.sha1(config_json(cfg).encode()).hexdigest()[:12]
+        arch = {k: v for k, v in cfg.to_dict().items() if k != "finetune"}  # ids as before the section existed
+        cfg_id = hashlib.sha1(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:12]
         encoder = Embedder.from_model(model, cfg, view=view, features=features, window_seconds=window_seconds)
         encoder = encoder.to(torch.device(device or "cpu"))
         if int8:

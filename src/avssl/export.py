@@ -2,8 +2,9 @@
 settings measured fastest on CPUs (``benchmarks/speed.py``).
 
 Imports only inference code. The graph: ``audio`` float32[batch, samples] mono at the model's rate ->
-``embedding`` float32[batch, D], the tower's pooled features of that input (no windowing: the caller windows
-long audio as :mod:`avssl.embed` does). Batch and length are dynamic. The front-end's power spectrum is
+``embedding`` float32[batch, D], the tower's pooled features of that input, or, for a classifier model file
+(``avssl finetune``), ``scores`` float32[batch, C] (softmax, or a sigmoid per label) of that input. No windowing:
+the caller windows long audio as :mod:`avssl.embed` does and averages a clip's window scores. Batch and length are dynamic. The front-end's power spectrum is
 real matrix products over folded sample pairs (:class:`avssl.dft.FoldedPowerSpectrum`; the TorchScript
 exporter cannot export a complex ``torch.stft``, and onnxruntime's STFT operator was slower).
 """
@@ -19,29 +20,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torch import nn
+
 from .audio import LogMel
+from .checkpoint import CLASSIFIER_KIND, load_checkpoint
+from .classifier import Classifier, load_classifier
 from .embed import Embedder, load_model
 from .models import AUDIO_VIEWS
 
 log = logging.getLogger(__name__)
 
-def export_onnx(embedder: Embedder, path: str | Path, opset: int = 17, check: bool = True) -> Path:
-    """Export ``embedder``'s tower (log-mel front-end included) to ONNX at ``path``.
+class _Scores(nn.Module):
+    """A classifier as one graph: tower -> head -> scores."""
+
+    def __init__(self, clf: Classifier):
+        super().__init__()
+        self.tower, self.head, self.multilabel = clf.embedder.tower, clf.head, clf.multilabel
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.tower(audio))
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+
+
+def export_onnx(model: Embedder | Classifier, path: str | Path, opset: int = 17, check: bool = True) -> Path:
+    """Export an embedder's tower, or a classifier (tower, head and scores), log-mel front-end included, to ONNX
+    at ``path``.
 
     With ``check``, onnxruntime is compared with torch on two inputs of different sizes and a difference
     above 1e-4 is an error.
     """
     path = Path(path)
-    tower = copy.deepcopy(embedder.tower).cpu().eval()
-    for m in tower.modules():
+    embedder = model.embedder if isinstance(model, Classifier) else model
+    graph = copy.deepcopy(_Scores(model) if isinstance(model, Classifier) else embedder.tower).cpu().eval()
+    output = "scores" if isinstance(model, Classifier) else "embedding"
+    for m in graph.modules():
         if isinstance(m, LogMel):
             m.export_mode = True
     example = torch.randn(2, embedder.window, generator=torch.Generator().manual_seed(0)) * 0.1
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(tower, (example,), str(path), input_names=["audio"], output_names=["embedding"],
-                          dynamic_axes={"audio": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}},
+        torch.onnx.export(graph, (example,), str(path), input_names=["audio"], output_names=[output],
+                          dynamic_axes={"audio": {0: "batch", 1: "samples"}, output: {0: "batch"}},
                           opset_version=opset, dynamo=False)
     if check:
         sess = onnx_session(path)
@@ -49,7 +69,8 @@ def export_onnx(embedder: Embedder, path: str | Path, opset: int = 17, check: bo
         for shape in [(1, embedder.window), (3, embedder.window + embedder.window // 3 + 7)]:
             x = torch.randn(*shape, generator=g) * 0.1
             with torch.inference_mode():
-                ref = embedder.tower(x.to(embedder.device)).float().cpu().numpy()
+                ref = (_Scores(model) if isinstance(model, Classifier) else embedder.tower)(
+                    x.to(embedder.device)).float().cpu().numpy()
             got = sess.run(None, {"audio": x.numpy()})[0]
             err = float(np.abs(got - ref).max())
             if err > 1e-4:
@@ -78,14 +99,22 @@ def onnx_session(path: str | Path, threads: int | None = None, spinning: bool = 
 
 # -- CLI: avssl export ----------------------------------------------------------------------------------------
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="avssl checkpoint (.pt)")
+    p.add_argument("checkpoint", help="avssl checkpoint (.pt), or a classifier model file from avssl finetune")
     p.add_argument("--onnx", required=True, help="output .onnx file")
-    p.add_argument("--view", default="spec", choices=AUDIO_VIEWS, help="which audio tower (default spec)")
+    p.add_argument("--view", default="spec", choices=AUDIO_VIEWS,
+                   help="which audio tower of a pretraining checkpoint (default spec)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch comparison")
 
 
 def run_export(args: argparse.Namespace) -> int:
+    state = load_checkpoint(args.checkpoint)
+    if state.get("kind") == CLASSIFIER_KIND:
+        clf = load_classifier(args.checkpoint, device="cpu")
+        path = export_onnx(clf, args.onnx, opset=args.opset, check=not args.no_check)
+        log.info("wrote %s (input 'audio' [batch, samples] at %d Hz, one %g s window -> 'scores' [batch, %d]: %s)",
+                 path, clf.sample_rate, clf.window_seconds, len(clf.labels), ", ".join(clf.labels))
+        return 0
     embedder = load_model(args.checkpoint, device="cpu", view=args.view)
     path = export_onnx(embedder, args.onnx, opset=args.opset, check=not args.no_check)
     log.info("wrote %s (input 'audio' [batch, samples] at %d Hz -> 'embedding' [batch, %d])", path,

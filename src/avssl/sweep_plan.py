@@ -32,7 +32,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        body = {"kind": self.kind, "model": self.model, "seed": self.seed, "config": self.cfg.to_dict()}
+        body = {"kind": self.kind, "model": self.model, "seed": self.seed, "config": _identity(self.cfg)}
         return _hash({**body, "data": self.data} if self.data else body)
 
 
@@ -40,9 +40,16 @@ def _hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _identity(cfg: Config) -> dict[str, Any]:
+    """The resolved config less ``finetune`` (which no cell reads; keys stay those of sweeps made before it)."""
+    d = cfg.to_dict()
+    d.pop("finetune")
+    return d
+
+
 def train_key(cfg: Config, data: str) -> str:
     """The pretraining run's identity: the resolved config less ``embed`` (inference only), and the data."""
-    d = cfg.to_dict()
+    d = _identity(cfg)
     d.pop("embed")
     return _hash({"config": d, "data": data})
 

@@ -118,7 +118,7 @@ class MetricsWriter:
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[dict[str, Any]]:
+def stop_on_signals() -> Iterator[dict[str, Any]]:
     """Within the block, SIGTERM/SIGINT set ``flag["signal"]`` instead of killing the process."""
     flag: dict[str, Any] = {"signal": None}
 
@@ -236,7 +236,7 @@ def _train_loop(
     t_start = time.perf_counter()
     step, stopped = start, None
     batches = iter(loader)
-    with _stop_on_signals() as flag:
+    with stop_on_signals() as flag:
         while step < cfg.train.steps:
             t0 = time.perf_counter()
             batch = next(batches).to(device, non_blocking=True)

@@ -1,0 +1,388 @@
+"""``avssl finetune``: a pretrained (or random-init) audio tower trained end to end with a linear head on a labelled
+task, into one self-contained classifier model file (``OUT/model.pt``, :func:`avssl.classifier.load_classifier`).
+
+The recipe (every setting in the typed ``finetune`` config section, :class:`avssl.config.FinetuneConfig`;
+docs/finetune.md): AdamW with the tower at ``lr * tower_lr_scale`` and the head at ``lr``, linear warm-up and
+cosine decay over the epoch budget; each step draws a batch from seeded permutations of the training clips, cuts
+a random window of each (the embedding window), mixes the batch with mixup and masks spectrogram stripes;
+after each epoch the classifier scores the validation clips exactly as it will score new files (every window,
+:class:`avssl.classifier.Classifier`), and the best epoch is kept (early stopping after ``patience`` epochs without
+a gain). At the end the best epoch is written as ``model.pt`` and scored on the test clips (``results.json``).
+
+The run folder holds ``config.yaml``, ``metrics.jsonl`` (one row per epoch), ``skipped.jsonl`` (clips that could not
+be decoded), ``checkpoint.pt`` (every epoch and on SIGTERM/SIGINT, atomic, the previous kept as
+``checkpoint-prev.pt``), then ``model.pt`` and ``results.json``. ``resume=True`` continues exactly where the
+checkpoint stopped: a killed and resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import write_text
+from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_for_resume, random_model, save_classifier
+from .checkpoint import save_rotating
+from .classifier import Classifier, Head
+from .config import Config, ConfigError, FinetuneConfig, apply_overrides, load_config, parse_set, preset_path, save_config
+from .embed import Embedder
+from .finetune_data import Split, batch_indices, decode_examples, pick_fold, random_crops, split_task
+from .models.spec import SpecMask
+from .probe import classification_metrics
+from .tasks import default_data_root, load_task
+from .train import MetricsWriter, stop_on_signals
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE, RESULTS_FILE = "model.pt", "results.json"
+TUNABLE = ("finetune", "embed")  # the config sections a fine-tuning run may change (the rest is the checkpoint's)
+
+
+# ---------------------------------------------------------------------------------------- config and start
+
+
+def check_finetune(fc: FinetuneConfig) -> None:
+    """Range checks of the ``finetune`` section; :class:`ConfigError` names the key."""
+    rules = [("epochs", fc.epochs >= 1), ("min_epoch_steps", fc.min_epoch_steps >= 1), ("patience", fc.patience >= 0),
+             ("batch_size", fc.batch_size >= 2), ("lr", fc.lr > 0), ("tower_lr_scale", fc.tower_lr_scale >= 0),
+             ("weight_decay", fc.weight_decay >= 0), ("warmup_epochs", fc.warmup_epochs >= 0),
+             ("grad_clip", fc.grad_clip >= 0), ("mixup_alpha", fc.mixup_alpha >= 0),
+             ("head_dropout", 0 <= fc.head_dropout < 1), ("valid_share", 0 < fc.valid_share < 1),
+             ("labels_per_class", fc.labels_per_class >= 0)]
+    for key, ok in rules:
+        if not ok:
+            raise ConfigError(f"finetune.{key}={getattr(fc, key)!r} is out of range (docs/finetune.md lists each setting)")
+
+
+def tuning_overrides(config: str | None, sets: list[str]) -> dict[str, Any]:
+    """The ``finetune``/``embed`` sections of a preset or YAML file plus ``--set`` overrides; other keys are refused
+    (the architecture and front-end are the checkpoint's)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    if config:
+        out = {k: v for k, v in (yaml.safe_load(preset_path(config).read_text()) or {}).items() if k in TUNABLE}
+    for key, value in parse_set(sets).items():
+        if key not in TUNABLE:
+            raise ConfigError(f"--set {key}.*: a fine-tuning run takes its architecture and front-end from the "
+                              f"checkpoint; only {', '.join(s + '.*' for s in TUNABLE)} can be set")
+        out[key] = {**out.get(key, {}), **value}
+    return out
+
+
+def starting_point(spec: str, overrides: dict[str, Any]) -> tuple[Config, nn.Module]:
+    """``(config, tower)`` from a checkpoint path or ``random-init:PRESET_OR_CKPT`` (the architecture untrained,
+    initialised with ``finetune.seed``), with ``overrides`` applied to its config."""
+    if spec.startswith("random-init:"):
+        target = spec.split(":", 1)[1]
+        is_ckpt = Path(target).is_file() and Path(target).suffix.lower() not in (".yaml", ".yml")
+        cfg = Config.from_dict(load_checkpoint(target)["config"]) if is_ckpt else load_config(target)
+        state = None
+    else:
+        state = load_checkpoint(spec)
+        cfg = Config.from_dict(state["config"])
+    cfg = apply_overrides(cfg, overrides)
+    check_finetune(cfg.finetune)
+    view = cfg.finetune.view
+    if view not in cfg.model.views:
+        raise ConfigError(f"{spec}: the model has views {cfg.model.views}, not finetune.view={view!r}")
+    tower = random_model(cfg, cfg.finetune.seed, views=[view]).towers[view]
+    if state is not None:
+        prefix = f"towers.{view}."
+        tower.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+    return cfg, tower
+
+
+# ---------------------------------------------------------------------------------------- the run
+
+
+def _batchnorms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class _Run:
+    """Tower, head, optimizer and the generator of crops, mixup and masks; the training step and validation."""
+
+    def __init__(self, cfg: Config, tower: nn.Module, labels: list[str], multilabel: bool, steps_per_epoch: int):
+        fc = self.fc = cfg.finetune
+        self.cfg, self.labels, self.multilabel = cfg, labels, multilabel
+        self.tower = tower.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(fc.seed)
+            self.head = Head(int(tower.feature_dim), len(labels))
+        self.dropout = nn.Dropout(fc.head_dropout)
+        self.generator = torch.Generator().manual_seed(fc.seed)
+        if fc.spec_mask and hasattr(tower, "mask"):  # the spectrogram tower: SpecAugment-style stripes in training
+            tower.mask = SpecMask(fc.seed)
+            tower.mask.use_generator(self.generator)
+        groups = [{"params": list(self.head.parameters()), "lr": fc.lr}]
+        if fc.tower_lr_scale > 0:
+            groups.append({"params": list(tower.parameters()), "lr": fc.lr * fc.tower_lr_scale})
+        else:
+            tower.requires_grad_(False)
+        self.base_lrs = [g["lr"] for g in groups]
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=fc.weight_decay)
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = fc.epochs * steps_per_epoch
+        self.warmup = int(round(fc.warmup_epochs * steps_per_epoch))
+        self.classifier = Classifier(Embedder(tower, cfg, fc.view, features="pooled"), self.head, labels, multilabel)
+        self.train_mode()
+
+    def train_mode(self) -> None:
+        """Tower and head in training mode, their BatchNorm layers in eval mode unless ``bn_stats=batch``."""
+        self.tower.train()
+        self.head.train()
+        if self.fc.bn_stats != "batch":
+            for m in _batchnorms(self.tower) + _batchnorms(self.head):
+                m.eval()
+
+    @torch.no_grad()
+    def estimate_bn_stats(self, clips: list[np.ndarray], window: int) -> None:
+        """Set BatchNorm statistics to their averages over one random window of each training clip (batches of
+        ``batch_size``, nothing else in training mode, a generator of its own): the head's always (its
+        standardisation), the tower's too with ``bn_stats=task``."""
+        g = torch.Generator().manual_seed(self.fc.seed + 1)
+        bns = _batchnorms(self.head) + (_batchnorms(self.tower) if self.fc.bn_stats == "task" else [])
+        momenta = [m.momentum for m in bns]
+        self.tower.eval()
+        self.head.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+            m.train()
+        for i in range(0, len(clips), self.fc.batch_size):
+            self.head[0](self.tower(random_crops(clips[i : i + self.fc.batch_size], window, g)))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        self.train_mode()
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up to the base rate, then cosine decay to 0 at the end of the budget."""
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - self.warmup) / max(1, self.total_steps - self.warmup)))
+
+    def step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimizer step on crops ``x[B, window]`` with targets ``y`` (class ids or multi-hot); the loss."""
+        fc = self.fc
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self.lr_factor(step)
+        target = y.float() if self.multilabel else nn.functional.one_hot(y, len(self.labels)).float()
+        if fc.mixup_alpha > 0:  # mixup: each clip with a partner of the batch, targets mixed alike
+            lam = torch.distributions.Beta(fc.mixup_alpha, fc.mixup_alpha).sample((len(x),)).clamp(0, 1)
+            partner = torch.randperm(len(x), generator=self.generator)
+            lam = torch.maximum(lam, 1 - lam)  # the clip stays the larger part (as pretraining's mixup)
+            x = lam[:, None] * x + (1 - lam[:, None]) * x[partner]
+            target = lam[:, None] * target + (1 - lam[:, None]) * target[partner]
+        logits = self.head(self.dropout(self.tower(x)))
+        if self.multilabel:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
+        else:
+            loss = -(target * logits.log_softmax(-1)).sum(-1).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if fc.grad_clip > 0:
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], fc.grad_clip)
+        self.optimizer.step()
+        return loss.item()
+
+    def scores(self, clips: list[np.ndarray]) -> np.ndarray:
+        """Scores of whole clips as :meth:`Classifier.predict` gives them (eval mode, every window)."""
+        self.classifier.eval()
+        try:
+            sr = self.classifier.sample_rate
+            return np.concatenate([self.classifier.predict(clips[i : i + 64], sr) for i in range(0, len(clips), 64)])
+        finally:
+            self.train_mode()
+
+    def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"tower": copy.deepcopy(self.tower.state_dict()), "head": copy.deepcopy(self.head.state_dict())}
+
+    def load_weights(self, w: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.tower.load_state_dict(w["tower"])
+        self.head.load_state_dict(w["head"])
+
+
+def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Path | None = None,
+             fold: str | None = None, config: str | None = None, sets: list[str] | None = None,
+             seed: int | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune ``start`` (a checkpoint or ``random-init:PRESET_OR_CKPT``) on ``task_name`` (any task ``avssl eval``
+    accepts) into the run folder ``out``; returns the results (also ``out/results.json``). ``config`` / ``sets``:
+    the ``finetune`` and ``embed`` settings (a preset or YAML file, ``section.key=value`` strings); ``seed``
+    overrides ``finetune.seed``. ``fold``: which of the task's folds (default its first)."""
+    out = Path(out)
+    overrides = tuning_overrides(config, list(sets or []))
+    if seed is not None:
+        overrides.setdefault("finetune", {})["seed"] = int(seed)
+    if (out / MODEL_FILE).exists() and (out / RESULTS_FILE).exists():
+        if resume:
+            log.info("%s is finished: %s", out, out / MODEL_FILE)
+            return json.loads((out / RESULTS_FILE).read_text())
+        raise CheckpointError(f"{out} already holds a finished run ({MODEL_FILE}); choose another --out")
+    state = load_for_resume(out) if resume else None
+    if not resume and (out / CHECKPOINT).exists():
+        raise CheckpointError(f"{out} already holds {CHECKPOINT}; pass --resume to continue it or choose another --out")
+    cfg, tower = starting_point(start, overrides)
+    fc = cfg.finetune
+    task = load_task(task_name, data_root if data_root is not None else default_data_root())
+    split = split_task(task, fold, fc)
+    wanted = np.concatenate([split.train, split.valid, split.test])
+    audio, skipped = decode_examples([task.examples[i] for i in wanted], cfg.audio.sample_rate, progress)
+    clips = {int(wanted[j]): a for j, a in audio.items()}
+    split = Split(*(np.array([i for i in s if int(i) in clips], np.int64) for s in (split.train, split.valid, split.test)))
+    _check_split(task, split, skipped)
+    y_all = task.targets()
+    n = len(split.train)
+    steps_per_epoch = max(math.ceil(n / fc.batch_size), fc.min_epoch_steps)
+    torch.manual_seed(fc.seed)  # dropout and mixup's Beta draws (saved in checkpoints)
+    run = _Run(cfg, tower, task.classes, task.multilabel, steps_per_epoch)
+    book = {"step": 0, "best": None, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "loss_sum": 0.0,
+            "early_stop": False, "seconds": 0.0}
+    if state is not None:
+        run.load_weights(state["model_parts"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        book = state["book"]
+        log.info("resumed %s at step %d", out, book["step"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    write_text(out / "skipped.jsonl", "".join(json.dumps(r) + "\n" for r in skipped))
+    writer = MetricsWriter(out, book["step"])
+    log.info("finetune %s on %s (%s): %d train / %d valid / %d test clips, %d epochs of %d steps", start, task.name,
+             pick_fold(task, fold).name, n, len(split.valid), len(split.test), fc.epochs, steps_per_epoch)
+    window = run.classifier.embedder.window
+    train_clips = [clips[int(i)] for i in split.train]
+    valid_clips = [clips[int(i)] for i in split.valid]
+    if state is None:
+        run.estimate_bn_stats(train_clips, window)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run.total_steps, initial=book["step"], desc="finetune", unit="step")
+    t0, seconds0, stopped = time.perf_counter(), book["seconds"], None
+
+    def checkpoint() -> None:
+        book["seconds"] = seconds0 + time.perf_counter() - t0  # training time over every session
+        save_rotating(out, {"config": cfg.to_dict(), "model": {}, "model_parts": run.weights(),
+                            "optimizer": run.optimizer.state_dict(), "book": book,
+                            "rng": {"generator": run.generator.get_state(), "torch": torch.get_rng_state()}})
+
+    with stop_on_signals() as flag:
+        while book["step"] < run.total_steps and not book["early_stop"]:
+            pos = batch_indices(n, fc.batch_size, book["step"], fc.seed)
+            x = random_crops([train_clips[i] for i in pos], window, run.generator)
+            y = torch.from_numpy(y_all[split.train[pos]])
+            book["loss_sum"] += run.step(book["step"], x, y)
+            book["step"] += 1
+            if bar is not None:
+                bar.update(1)
+            if book["step"] % steps_per_epoch == 0:
+                book["early_stop"] = _end_epoch(run, book, task, y_all[split.valid], valid_clips, writer, bar)
+                checkpoint()
+                if book["early_stop"]:
+                    log.info("no validation gain for %d epochs: stopping early", fc.patience)
+            if flag["signal"] is not None and book["step"] < run.total_steps:
+                checkpoint()
+                stopped = flag["signal"]
+                break
+    if bar is not None:
+        bar.close()
+    writer.close()
+    if stopped:
+        log.warning("stopped at step %d of %d (%s); continue with --resume", book["step"], run.total_steps, stopped)
+        return {"stopped": stopped, "step": book["step"]}
+    book["seconds"] = seconds0 + time.perf_counter() - t0
+    return _finish(run, book, task, split, clips, skipped, cfg, start, out, fold)
+
+
+def _check_split(task, split: Split, skipped: list[dict]) -> None:
+    """After skipping unreadable clips: every class still has a training clip, and something is left to test."""
+    if len(split.test) == 0:
+        raise ValueError(f"task {task.name}: no test clip could be decoded ({len(skipped)} skipped)")
+    y = task.targets(split.train)
+    counts = np.bincount(y, minlength=len(task.classes)) if y.ndim == 1 else y.sum(0)
+    empty = [c for c, k in zip(task.classes, counts) if k == 0]
+    if empty:
+        raise ValueError(f"task {task.name}: no readable training clip for classes {empty} "
+                         f"({len(skipped)} clips skipped: see skipped.jsonl)")
+
+
+def _end_epoch(run: _Run, book: dict, task, valid_y: np.ndarray, valid_clips: list[np.ndarray],
+               writer: MetricsWriter, bar) -> bool:
+    """Validate, log the epoch, keep the best weights; True when early stopping says stop."""
+    epoch = book["step"] // run.steps_per_epoch
+    row = {"step": book["step"], "epoch": epoch, "loss": book["loss_sum"] / run.steps_per_epoch,
+           "lr": run.optimizer.param_groups[0]["lr"]}
+    book["loss_sum"] = 0.0
+    if len(valid_clips):
+        score = classification_metrics(valid_y, run.scores(valid_clips))[task.metric]
+        row[f"valid_{task.metric}"] = score
+        better = score > book["best_score"]
+    else:
+        score, better = math.nan, True  # no validation set: the last epoch is kept
+    if better:
+        book.update(best=run.weights(), best_score=score, best_epoch=epoch, bad_epochs=0)
+    else:
+        book["bad_epochs"] += 1
+    writer.write(row)
+    log.info("epoch %d loss %.4f valid %s %s", epoch, row["loss"], task.metric, f"{score:.4f}")
+    if bar is not None:
+        bar.set_postfix(loss=f"{row['loss']:.3f}", valid=f"{score:.3f}")
+    return run.fc.patience > 0 and book["bad_epochs"] >= run.fc.patience
+
+
+def _finish(run: _Run, book: dict, task, split: Split, clips: dict, skipped: list[dict], cfg: Config, source: str,
+            out: Path, fold: str | None) -> dict[str, Any]:
+    """Write the best epoch as ``model.pt``, score it on the test clips, write ``results.json``."""
+    if book["best"] is not None:
+        run.load_weights(book["best"])
+    y_test = task.targets(split.test)
+    metrics = classification_metrics(y_test, run.scores([clips[int(i)] for i in split.test]))
+    results = {"task": task.name, "fold": pick_fold(task, fold).name, "start": source, "metric": task.metric,
+               "test": metrics[task.metric], "metrics": metrics,
+               "valid": None if math.isnan(book["best_score"]) else book["best_score"], "best_epoch": book["best_epoch"],
+               "steps": book["step"], "num_train": len(split.train), "num_valid": len(split.valid),
+               "num_test": len(split.test), "skipped": len(skipped), "train_seconds": round(book["seconds"], 1),
+               "labels_per_class": cfg.finetune.labels_per_class, "seed": cfg.finetune.seed}
+    save_classifier(out / MODEL_FILE, config=cfg.to_dict(), view=cfg.finetune.view, tower=run.tower.state_dict(),
+                    head=run.head.state_dict(), labels=task.classes, multilabel=task.multilabel, info=results)
+    write_text(out / RESULTS_FILE, json.dumps(results, indent=1))
+    log.info("%s: test %s %.4f (best epoch %d); model: %s", task.name, task.metric, results["test"],
+             book["best_epoch"], out / MODEL_FILE)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("start", help="pretrained checkpoint (.pt) or random-init:PRESET_OR_CKPT")
+    p.add_argument("--task", required=True, help="a task name (avssl eval --help), folder:PATH or csv:PATH")
+    p.add_argument("--data-root", default=None, help="folder holding named tasks' datasets (default: ../shared/data)")
+    p.add_argument("--fold", default=None, help="which fold of the task (default: its first, official or fold1)")
+    p.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints, model.pt, results.json)")
+    p.add_argument("--config", default=None, help="preset or YAML file whose finetune/embed sections to use")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="finetune.* or embed.* override, repeatable (docs/finetune.md)")
+    p.add_argument("--seed", type=int, default=None, help="finetune.seed: head init, batches, crops, few-label draw")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    res = finetune(args.start, args.task, args.out, data_root=args.data_root, fold=args.fold, config=args.config,
+                   sets=args.set, seed=args.seed, resume=args.resume, progress=not args.no_progress)
+    return 0  # stopped by a signal: the checkpoint is saved, --resume continues
