@@ -36,6 +36,8 @@ REASONS = {
     "too-short": "shorter than ingest.min_seconds",
     "not-found": "segment's video not found among the inputs",
     "error": "unexpected error while decoding or encoding (detail names it; the traceback is logged)",
+    "crashed": "the decoding worker died (segfault, abort, out-of-memory kill; detail names the signal)",
+    "timeout": "decoding took longer than ingest.file_timeout (its worker was killed)",
 }
 
 
