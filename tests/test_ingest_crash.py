@@ -1,5 +1,6 @@
 """An ingest that survives any file: a worker that dies (abort, segfault, SIGKILL) or an input that stalls
-past ``ingest.file_timeout`` costs only that input; a re-run does not try it again, ``--retry-failed`` does.
+past ``ingest.file_timeout`` costs only that input; a re-run does not try it again, ``--retry-failed`` does;
+inputs that are not regular files (FIFO, device, broken link) are skipped with a reason, never opened.
 
 Faults are injected by monkeypatching ``avssl.ingest.process_item``: the workers are forked, so they run
 the patched function. Each faulty call appends a line to a file, so attempts are counted across processes.
@@ -12,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -166,3 +168,41 @@ def test_interrupted_run_keeps_the_crash_record(corpus, without_bad, tmp_path, m
     m = ingest([corpus], out, _cfg(), workers=2, progress=False)
     assert _count(attempts) == 1  # not tried again
     assert _tars(out) == without_bad and m["skipped_by_reason"] == {"crashed": 1}
+
+
+@contextmanager
+def _alarm(seconds):
+    """Fail instead of hanging forever if something opens a FIFO."""
+
+    def fail(*_):
+        raise TimeoutError("blocked: a FIFO was opened")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_not_regular_files_are_skipped_never_opened(corpus, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes((corpus / "a.mp4").read_bytes())
+    os.mkfifo(folder / "pipe.mp4")
+    (folder / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    os.mkfifo(tmp_path / "list.txt")  # a list file that is a FIFO
+    (tmp_path / "more.txt").write_text("in/pipe.mp4\n")
+    with _alarm(120):
+        m = ingest([folder, "/dev/zero", tmp_path / "list.txt", tmp_path / "more.txt"], tmp_path / "out", _cfg(),
+                   workers=1, progress=False)  # fmt: skip
+    assert m["total_samples"] == 1 and m["ingested_inputs"] == 1
+    details = sorted((e["path"], e["reason"], e["detail"]) for e in m["skipped"])
+    assert details == sorted([
+        (str(folder / "pipe.mp4"), "unreadable", "not a regular file: fifo"),
+        (str(folder / "gone.mp4"), "unreadable", f"broken symbolic link to {tmp_path / 'nowhere.mp4'}"),
+        ("/dev/zero", "unreadable", "not a regular file: character device"),
+        (str(tmp_path / "list.txt"), "unreadable", "not a regular file: fifo"),
+        (str(folder / "pipe.mp4"), "unreadable", f"listed in {tmp_path / 'more.txt'}: not a regular file: fifo"),
+    ])  # fmt: skip

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Reasons a file cannot be ingested (``MediaError.reason``); stable strings, used in manifests.
 REASONS = {
-    "unreadable": "path missing or not readable",
+    "unreadable": "path missing, not readable, or not a regular file (FIFO, device, broken link: never opened)",
     "empty": "zero-byte file",
     "not-media": "not a media file (e.g. a Git LFS pointer or other text)",
     "corrupt": "truncated or corrupt media",
