@@ -20,7 +20,7 @@ import pytest
 
 import avssl.ingest as ingest_mod
 from avssl.cli import main as cli_main
-from avssl.config import load_config
+from avssl.config import ConfigError, load_config
 from avssl.ingest import ingest
 from avssl.ingest_progress import NodeShards
 from avssl.shards import read_manifest
@@ -168,6 +168,13 @@ def test_interrupted_run_keeps_the_crash_record(corpus, without_bad, tmp_path, m
     m = ingest([corpus], out, _cfg(), workers=2, progress=False)
     assert _count(attempts) == 1  # not tried again
     assert _tars(out) == without_bad and m["skipped_by_reason"] == {"crashed": 1}
+
+
+@pytest.mark.parametrize("value", ["-1", ".nan"])
+def test_file_timeout_checked_at_load(value):
+    with pytest.raises(ConfigError, match="ingest.file_timeout=.*must be >= 0"):
+        load_config(None, [f"ingest.file_timeout={value}"])
+    assert load_config(None, ["ingest.file_timeout=0"]).ingest.file_timeout == 0.0  # no limit
 
 
 @contextmanager
