@@ -92,7 +92,10 @@ class _Worker:
         self.deadline = math.inf
 
     def start(self, index: int, task: Any, timeout: float | None) -> None:
-        self.conn.send((index, task))
+        try:
+            self.conn.send((index, task))
+        except OSError:  # it died while idle: `outcome` reports the task as crashed, with the exit status
+            pass
         self.index, self.timeout = index, timeout
         self.deadline = time.monotonic() + timeout if timeout else math.inf
 
