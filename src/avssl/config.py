@@ -54,7 +54,15 @@ class IngestConfig:
     frame_format: str = "jpeg"  # see README "Frame storage" for the measurement behind this
     jpeg_quality: int = 90
     audio_only: str = "skip"  # skip | keep (keep: sample has no frames)
-    workers: int = 2
+    workers: int = 2  # decoding processes; 0: decode in the main process, unprotected (debugging)
+    # seconds one input may take to decode before its worker is killed and it is skipped as `timeout`;
+    # 0: no limit. Set it above the time your longest file takes (docs/ingest.md, "Crashes and stalls").
+    file_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name, zero in (("workers", "decode in the main process"), ("file_timeout", "no time limit")):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise ConfigError(f"ingest.{name}={getattr(self, name)}: must be >= 0 (0: {zero})")
 
 
 @dataclass

@@ -17,6 +17,13 @@ the node's progress file ``.ingest/node-RRRR-of-NNNN.json`` records it with the 
 next sample, so re-running the same command resumes after the last finished shard. When every
 node is done, ``manifest.json`` is written (see :func:`avssl.shards.read_manifest`). Tar headers
 carry no times or owners, so the same inputs and parameters give byte-identical shards.
+
+Any input costs at most itself: items are decoded in worker processes (:func:`avssl.procpool.imap_guarded`,
+also with one worker), so an item whose worker dies (a segfault or abort in FFmpeg, an out-of-memory
+kill) or that takes longer than ``ingest.file_timeout`` is skipped as ``crashed`` / ``timeout``, its
+worker replaced, and the run goes on. Such items are recorded in the progress file and not tried again
+by a re-run unless ``retry_failed`` (``--retry-failed``) is given. ``workers=0`` decodes in the calling
+process, unprotected (for debugging).
 """
 
 from __future__ import annotations
@@ -30,13 +37,16 @@ import pickle
 import re
 import shutil
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
 
 from .config import Config, load_config, save_config
 from .inputs import Item, collect_items, media_files, read_segments  # noqa: F401  (re-exported)
-from .ingest_progress import STATE_DIR, ItemResult, NodeShards, load_state, merge_manifest, state_path
-from .shards import SCHEMA_VERSION, Clip, encode_sample
+from .ingest_progress import (STATE_DIR, ItemResult, NodeShards, forget_failed, load_state, merge_manifest,
+                              save_state, state_path)  # fmt: skip
+from .procpool import Failure, imap_guarded
+from .shards import MANIFEST, SCHEMA_VERSION, Clip, encode_sample
 from .video import ClipReader, MediaError
 
 log = logging.getLogger(__name__)
@@ -106,19 +116,8 @@ def _remove_spools(out: Path, rank: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-_PARENT_PID: int | None = None  # a pool worker's parent process
-
-
-def _worker_init(parent_pid: int) -> None:
-    global _PARENT_PID
-    _PARENT_PID = parent_pid
-
-
 def _process_star(args: tuple[Item, Config, Path, int]) -> ItemResult:
-    item, cfg, spool, threads = args
-    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
-        os._exit(0)  # the ingest process was killed: take no more of its queued work
-    return process_item(item, cfg, spool, threads)
+    return process_item(*args)  # looked up at call time: tests monkeypatch process_item (workers are forked)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -146,11 +145,14 @@ def ingest(
     node_rank: int = 0,
     workers: int | None = None,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> dict[str, Any]:
     """Ingest ``inputs`` into shards under ``out_dir``; resumes a previous run of the same command.
 
     Returns the manifest (once every node has finished; before that, this node's summary with
     ``"complete": False``). Bad inputs are recorded in ``skipped`` with a reason, never raised.
+    ``workers`` (default ``ingest.workers``): decoding processes, 0 for none (inline, unprotected).
+    Items that crashed or timed out in an earlier run are skipped again unless ``retry_failed``.
     """
     from tqdm import tqdm
 
@@ -166,14 +168,24 @@ def ingest(
     params = _params(cfg, num_nodes)
     state = load_state(out, node_rank, num_nodes, params, inputs_sha)
     state["unreadable"] = unreadable if node_rank == 0 else []
+    if retry_failed and (n := forget_failed(state)):
+        log.info("trying again %d inputs that crashed or timed out before", n)
+        (out / MANIFEST).unlink(missing_ok=True)  # first: the run is no longer complete
+        save_state(state_path(out, node_rank, num_nodes), state)  # before the shards it dropped are removed
     next_item, next_clip = state["shards"][-1]["next"] if state["shards"] else (0, 0)
     finished = {s["name"] for s in state["shards"]}
     for stale in list(out.glob("*.tar.tmp")) + [p for p in out.glob("*.tar") if p.name not in finished]:
         if re.fullmatch(r"\d{6}", stale.name.split(".")[0]) and int(stale.name.split(".")[0]) % num_nodes == node_rank:
             stale.unlink()  # an interrupted shard of this node: it will be written again
     if not state["complete"]:
-        workers = workers or cfg.ingest.workers or 1
+        workers = cfg.ingest.workers if workers is None else workers
+        if workers < 0:
+            raise ValueError(f"workers={workers}: use 0 (decode in this process) or more")
         todo = items[next_item:]
+        known = {int(i) - next_item: e for i, e in state["failed"].items() if int(i) >= next_item}
+        if known:
+            log.info("skipping %d inputs that crashed or timed out before (--retry-failed tries them again)",
+                     len(known))  # fmt: skip
         log.info("ingesting %d of %d inputs (node %d of %d) with %d workers into %s",
                  len(todo), len(all_items), node_rank, num_nodes, workers, out)  # fmt: skip
         _remove_spools(out, node_rank)  # an interrupted run's
@@ -182,10 +194,11 @@ def ingest(
         shards = NodeShards(out, state, state_path(out, node_rank, num_nodes), node_rank, num_nodes,
                              cfg.ingest.samples_per_shard)  # fmt: skip
         bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="ingest")
-        for offset, (result, spool) in enumerate(_run(todo, cfg, workers, spool_dir)):
-            shards.add_item(next_item + offset, next_clip if offset == 0 else 0, result, spool)
-            bar.update(1)
-            bar.set_postfix(clips=shards.total)
+        with closing(_run(todo, cfg, workers, spool_dir, known)) as results:  # closing: no worker outlives an error
+            for offset, (result, spool) in enumerate(results):
+                shards.add_item(next_item + offset, next_clip if offset == 0 else 0, result, spool)
+                bar.update(1)
+                bar.set_postfix(clips=shards.total)
         bar.close()
         shards.finish(len(items))
         _remove_spools(out, node_rank)
@@ -198,29 +211,37 @@ def ingest(
     return summary
 
 
-def _run(items: list[Item], cfg: Config, workers: int, spool_dir: Path) -> Iterator[tuple[ItemResult, Path]]:
-    """``(result, spool file)`` of each item, in item order; ``workers`` processes (inline when 1).
-
-    An ordered ``imap``: the output does not depend on the worker count; items that finish early
-    wait in their spool files, not in memory.
-    """
+def _run(
+    items: list[Item], cfg: Config, workers: int, spool_dir: Path, known: dict[int, dict[str, str]]
+) -> Iterator[tuple[ItemResult, Path]]:
+    """``(result, spool file)`` of each item, in item order; ``known`` (item position -> skip record) are not
+    decoded again. Decoded in ``workers`` processes (inline when 0), at most ``2 * workers`` ahead of the item
+    being yielded; items that finish early wait in their spool files, not in memory, so the output does not
+    depend on the worker count or schedule. A worker's crash or a timeout becomes the item's skip record."""
     spools = [spool_dir / f"{i:08d}.spool" for i in range(len(items))]
-    if workers <= 1 or len(items) <= 1:
-        for item, spool in zip(items, spools):
-            yield process_item(item, cfg, spool), spool
-        return
-    import multiprocessing as mp
+    tasks = [(item, cfg, spool, 1 if workers > 1 else 0) for i, (item, spool) in enumerate(zip(items, spools))
+             if i not in known]  # fmt: skip
+    if workers == 0:
+        outcomes: Iterator[ItemResult | Failure] = (process_item(*task) for task in tasks)
+    else:
+        import av  # noqa: F401  (the codecs' modules, imported once here rather than in every worker)
+        import soundfile  # noqa: F401
+        import soxr  # noqa: F401
+        from PIL import Image
 
-    import av  # noqa: F401  (the codecs' modules, imported once here rather than in every worker)
-    import soundfile  # noqa: F401
-    import soxr  # noqa: F401
-    from PIL import Image
-
-    Image.init()
-    with mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-        tasks = [(item, cfg, spool, 1) for item, spool in zip(items, spools)]
-        for result, spool in zip(pool.imap(_process_star, tasks, chunksize=1), spools):
-            yield result, spool
+        Image.init()
+        outcomes = imap_guarded(_process_star, tasks, workers, cfg.ingest.file_timeout or None)
+    with closing(outcomes):
+        for i, (item, spool) in enumerate(zip(items, spools)):
+            if i in known:
+                yield ItemResult(skipped=known[i]), spool
+                continue
+            out = next(outcomes)
+            if isinstance(out, Failure):
+                detail = out.detail + (" (ingest.file_timeout)" if out.reason == "timeout" else "")
+                log.warning("%s: %s, %s; the input is skipped", item.path, out.reason, detail)
+                out = ItemResult(skipped={"path": item.path, "reason": out.reason, "detail": detail})
+            yield out, spool
 
 
 def _log_summary(summary: dict[str, Any], out: Path) -> None:
@@ -242,9 +263,13 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="shard folder (created; re-running resumes)")
     parser.add_argument("--config", default=None, help="preset name or YAML file (default: built-in defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: ingest.workers)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: ingest.workers); 0: decode in this process, unprotected "
+                        "against crashes and stalls (debugging)")  # fmt: skip
     parser.add_argument("--num-nodes", type=int, default=1, help="split the inputs over this many nodes")
     parser.add_argument("--node-rank", type=int, default=0, help="this node's index in [0, num-nodes)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="try again the inputs that crashed or timed out in an earlier run of this command")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -252,7 +277,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     summary = ingest(
         args.inputs, args.out, cfg, num_nodes=args.num_nodes, node_rank=args.node_rank,
-        workers=args.workers, progress=not args.no_progress,
+        workers=args.workers, progress=not args.no_progress, retry_failed=args.retry_failed,
     )  # fmt: skip
     if summary["total_samples"] == 0:
         log.error("nothing could be ingested (see the skipped inputs above)")

@@ -5,6 +5,11 @@ position ``(item, clip)`` of the next sample, so a re-run resumes after the last
 It is replaced atomically and only after the shard it records is fsynced and renamed, so after a
 kill at any moment every recorded shard is whole (a renamed but unrecorded shard, or a ``.tmp``,
 is removed and written again).
+
+An item whose decoding crashed its worker or ran past ``ingest.file_timeout`` (reasons in
+:data:`FAILED_REASONS`) is also recorded in the progress file, under ``failed`` (item index -> skip
+record), as soon as its turn comes: a re-run does not try it again, even when it lies after the last
+finished shard; :func:`forget_failed` (``avssl ingest --retry-failed``) does.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .shards import MANIFEST, SCHEMA_VERSION, ShardWriter, write_atomic
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".ingest"
+FAILED_REASONS = ("crashed", "timeout")  # skips a re-run does not retry unless asked (``--retry-failed``)
 
 
 @dataclass
@@ -50,10 +56,11 @@ def state_path(out: Path, rank: int, num_nodes: int) -> Path:
 def load_state(out: Path, rank: int, num_nodes: int, params: dict, inputs_sha: str) -> dict[str, Any]:
     """This node's progress (fresh when none); drop shards whose file vanished and stale temp files."""
     path = state_path(out, rank, num_nodes)
-    fresh = {"params": params, "inputs_sha1": inputs_sha, "shards": [], "tail": [], "complete": False}
+    fresh = {"params": params, "inputs_sha1": inputs_sha, "shards": [], "tail": [], "complete": False, "failed": {}}
     if not path.is_file():
         return fresh
     state = json.loads(path.read_text())
+    state.setdefault("failed", {})  # progress files written before crash/timeout records
     for name, want in (("parameters", params), ("inputs", inputs_sha)):
         have = state["params"] if name == "parameters" else state["inputs_sha1"]
         if have != want:
@@ -70,6 +77,24 @@ def load_state(out: Path, rank: int, num_nodes: int, params: dict, inputs_sha: s
     if len(kept) < len(state["shards"]):
         state.update(shards=kept, tail=[], complete=False)
     return state
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Replace a node's progress file atomically."""
+    write_atomic(path, json.dumps(state).encode())
+
+
+def forget_failed(state: dict[str, Any]) -> int:
+    """Forget this node's crashed and timed-out items so that the run tries them again: the shards
+    finished after the first of them are dropped (their samples come after it in input order) and the
+    node is marked incomplete. Returns how many items are forgotten (0: ``state`` is unchanged)."""
+    failed = state["failed"]
+    if not failed:
+        return 0
+    first = min(int(i) for i in failed)
+    state.update(shards=[s for s in state["shards"] if tuple(s["next"]) <= (first, 0)], tail=[], complete=False,
+                 failed={})  # fmt: skip
+    return len(failed)
 
 
 def _shard_name(index: int, rank: int, num_nodes: int) -> str:
@@ -126,9 +151,13 @@ class NodeShards:
         return sum(s["samples"] for s in self.state["shards"]) + (self.writer.samples if self.writer else 0)
 
     def add_item(self, idx: int, first: int, result: ItemResult, spool: Path) -> None:
-        """Item ``idx``'s samples from ``first`` on (earlier ones are in finished shards), then its spool is removed."""
+        """Item ``idx``'s samples from ``first`` on (earlier ones are in finished shards), then its spool is removed.
+        A crashed or timed-out item is recorded in the progress file at once."""
         if result.skipped:
             self.skipped.append(result.skipped)
+            if result.skipped["reason"] in FAILED_REASONS and str(idx) not in self.state["failed"]:
+                self.state["failed"][str(idx)] = result.skipped
+                save_state(self.state_path, self.state)
         n = len(result.seconds)
         if n <= first:
             self.dropped_short += result.dropped_short
@@ -151,7 +180,7 @@ class NodeShards:
         self.state["shards"].append({"name": self.writer.path.name, "samples": self.writer.samples,
                                      "seconds": self.seconds, "next": list(next_pos), "skipped": self.skipped,
                                      "dropped_short": self.dropped_short, "inputs": self.inputs})  # fmt: skip
-        write_atomic(self.state_path, json.dumps(self.state).encode())
+        save_state(self.state_path, self.state)
         self._reset()
 
     def finish(self, num_items: int) -> None:
@@ -159,4 +188,4 @@ class NodeShards:
         if self.writer is not None:
             self._close((num_items, 0))
         self.state.update(tail=self.skipped, tail_dropped_short=self.dropped_short, complete=True)
-        write_atomic(self.state_path, json.dumps(self.state).encode())
+        save_state(self.state_path, self.state)

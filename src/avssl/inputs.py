@@ -4,13 +4,20 @@
 video id that is unique and safe as a WebDataset key prefix: only ``[A-Za-z0-9_-]`` (dots and slashes
 would split WebDataset keys), at most ``MAX_ID_CHARS`` characters (longer ones keep their start and
 gain a hash of the full name), so any file name and folder depth works.
+
+Only regular files become items. Anything else named as an input, listed, or found in a folder with
+a media suffix (a FIFO, which would block the reader forever; a device such as ``/dev/zero``, which
+never ends; a socket; a broken symbolic link) is a skip record (reason ``unreadable``, the detail says
+what it is), found with ``stat`` alone: it is never opened.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +57,35 @@ def _sanitize(text: str) -> str:
     return vid if len(vid) <= MAX_ID_CHARS else _with_suffix(vid, _digest(text))
 
 
-def media_files(folder: Path) -> list[Path]:
-    """Media files under ``folder`` (recursively, by suffix), sorted; hidden files (``.name``, e.g. macOS
-    ``._clip.wav`` resource forks) are skipped."""
+def _media_entries(folder: Path) -> list[Path]:
+    """Everything under ``folder`` (recursively) with a media suffix that is not a folder, sorted; hidden
+    names (``.name``, e.g. macOS ``._clip.wav`` resource forks) are skipped."""
     return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in MEDIA_SUFFIXES and not p.name.startswith(".") and p.is_file())
+                  if p.suffix.lower() in MEDIA_SUFFIXES and not p.name.startswith(".") and not p.is_dir())
+
+
+def media_files(folder: Path) -> list[Path]:
+    """Media files under ``folder`` (recursively, by suffix; regular files only), sorted; hidden files
+    (``.name``, e.g. macOS ``._clip.wav`` resource forks) are skipped."""
+    return [p for p in _media_entries(folder) if p.is_file()]
+
+
+_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))  # fmt: skip
+
+
+def not_regular(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a media file without opening it (``stat`` only: a FIFO would block
+    ``open`` forever), e.g. ``"not a regular file: fifo"``; None for a regular file (or a link to one)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"broken symbolic link to {os.readlink(path)}" if path.is_symlink() else "no such file or directory"
+    except OSError as e:
+        return str(e)
+    if stat.S_ISREG(mode):
+        return None
+    return "not a regular file: " + next((kind for test, kind in _KINDS if test(mode)), f"mode {mode:o}")
 
 
 def list_file_entries(path: Path) -> list[tuple[str, Path]]:
@@ -125,10 +156,14 @@ def collect_items(inputs: list[str | Path]) -> tuple[list[Item], list[dict[str, 
     skipped: list[dict[str, str]] = []
     for raw in inputs:
         p = Path(raw)
-        if not p.exists():
-            skipped.append({"path": str(p), "reason": "unreadable", "detail": "no such file or directory"})
-        elif p.is_dir():
-            files += [(str(f.relative_to(p).with_suffix("")), f) for f in media_files(p)]
+        if p.is_dir():
+            for f in _media_entries(p):
+                if why := not_regular(f):
+                    skipped.append({"path": str(f), "reason": "unreadable", "detail": why})
+                else:
+                    files.append((str(f.relative_to(p).with_suffix("")), f))
+        elif why := not_regular(p):  # before the suffix: a list file or CSV may be a FIFO too
+            skipped.append({"path": str(p), "reason": "unreadable", "detail": why})
         elif p.suffix.lower() == ".csv":
             csvs.append(p)
         elif p.suffix.lower() in LIST_SUFFIXES:
@@ -138,10 +173,10 @@ def collect_items(inputs: list[str | Path]) -> tuple[list[Item], list[dict[str, 
                 skipped.append({"path": str(p), "reason": "unreadable", "detail": f"list file: {e}"})
                 entries = []
             for line, f in entries:
-                if f.exists():
-                    files.append((str(Path(line).with_suffix("")), f))
+                if why := not_regular(f):
+                    skipped.append({"path": str(f), "reason": "unreadable", "detail": f"listed in {p}: {why}"})
                 else:
-                    skipped.append({"path": str(f), "reason": "unreadable", "detail": f"listed in {p}, not found"})
+                    files.append((str(Path(line).with_suffix("")), f))
         else:
             files.append((p.stem, p))
     items: list[Item] = []

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Reasons a file cannot be ingested (``MediaError.reason``); stable strings, used in manifests.
 REASONS = {
-    "unreadable": "path missing or not readable",
+    "unreadable": "path missing, not readable, or not a regular file (FIFO, device, broken link: never opened)",
     "empty": "zero-byte file",
     "not-media": "not a media file (e.g. a Git LFS pointer or other text)",
     "corrupt": "truncated or corrupt media",
@@ -36,6 +36,8 @@ REASONS = {
     "too-short": "shorter than ingest.min_seconds",
     "not-found": "segment's video not found among the inputs",
     "error": "unexpected error while decoding or encoding (detail names it; the traceback is logged)",
+    "crashed": "the decoding worker died (segfault, abort, out-of-memory kill; detail names the signal)",
+    "timeout": "decoding took longer than ingest.file_timeout (its worker was killed)",
 }
 
 
