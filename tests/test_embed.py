@@ -103,8 +103,8 @@ def test_default_windows_per_call_follow_the_device(tiny_ckpt):
     assert (CPU_BATCH, GPU_BATCH) == (8, 32)
 
     def calls(e):
-        sizes, forward = [], e._forward
-        e._forward = lambda x: (sizes.append(len(x)), forward(x))[1]
+        sizes, forward = [], e.forward_windows
+        e.forward_windows = lambda x: (sizes.append(len(x)), forward(x))[1]
         e.embed(clip, e.sample_rate)
         return sizes
 

@@ -2,12 +2,14 @@
 -> one CSV or JSON-lines file, one row per input (its top-k labels with scores), or one row per window with
 ``timestamps``.
 
-The inputs are those of ``avssl embed`` (:func:`avssl.collection.collect_inputs`), run the same way (``workers``
-threads, each decoding and scoring one file, results in input order: :func:`avssl.collection.in_order`). A file
-that cannot be decoded gets a row with ``status=skipped`` and the reason, and the run goes on.
+The inputs are those of ``avssl embed`` (:func:`avssl.collection.collect_inputs`), run the same way (decoding in
+guarded processes, :func:`avssl.collection.decoded`; scoring in ``workers`` threads, results in input order). A
+file that cannot be decoded, is not a regular file, or crashes or stalls its decoder gets a row with
+``status=skipped`` and the reason, and the run goes on.
 
 Resumable: rows are appended as each input finishes (all of an input's rows in one write); a rerun with the same
-output keeps the rows of every input but the last one in the file (which a kill may have cut) and does the rest.
+output keeps every complete row (a row a kill cut short is redone, and with ``timestamps`` the last input's rows)
+and does the rest.
 The settings (model, top-k, threshold, timestamps, hop) are recorded beside the output (``OUT.settings.json``)
 and a rerun with other settings is refused. Imports only inference code.
 """
@@ -23,22 +25,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .audio import load_audio
 from .checkpoint import file_sha1
 from .classifier import Classifier, load_classifier
-from .collection import _cores, collect_inputs, in_order, tower_threads
+from .collection import FILE_TIMEOUT, _cores, add_file_timeout_argument, collect_inputs, decoded, in_order, tower_threads
 
 log = logging.getLogger(__name__)
 
 FORMATS = (".csv", ".jsonl")
 
 
-def _rows_for(clf: Classifier, path: Path, top_k: int, threshold: float | None, timestamps: bool) -> list[dict]:
+def _rows_for(clf: Classifier, path: Path, audio, top_k: int, threshold: float | None, timestamps: bool) -> list[dict]:
     """The output rows of one input: its clip scores, or one row per window."""
-    audio = load_audio(path, clf.sample_rate)
     seconds = len(audio) / clf.sample_rate
     base = {"input": str(path), "status": "ok", "reason": "", "seconds": round(seconds, 3)}
     if not timestamps:
@@ -74,40 +75,39 @@ def _header(top_k: int, timestamps: bool) -> list[str]:
     return cols + [c for i in range(1, top_k + 1) for c in (f"label_{i}", f"score_{i}")]
 
 
-def _done_inputs(out: Path, fmt: str) -> tuple[list[str], str]:
-    """``(inputs finished in an earlier run, the text of their rows)``: every input in ``out`` but the last one,
-    which a kill may have cut short."""
+def _done_inputs(out: Path, fmt: str, timestamps: bool) -> tuple[set[str], str]:
+    """``(inputs finished in an earlier run, the text of their rows)``. A last line without its newline was cut by
+    a kill and is dropped; with ``timestamps`` the last input is dropped too (a kill may have cut its rows at a
+    line boundary)."""
     if not out.is_file():
-        return [], ""
-    text = out.read_text(encoding="utf-8")
-    if fmt == ".jsonl":
-        records = []
-        for line in text.splitlines(keepends=True):
-            try:
-                records.append((json.loads(line)["input"], line))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                break  # a line cut by a kill: nothing after it was written
-    else:
-        lines = text.splitlines(keepends=True)[1:]  # the header is rewritten
-        records = []
-        for line in lines:
-            try:
-                (row,) = list(csv.reader([line]))
-                records.append((row[0], line))
-            except (csv.Error, ValueError, IndexError):
-                break
-    order = list(dict.fromkeys(name for name, _ in records))
-    keep = set(order[:-1])
-    return order[:-1], "".join(line for name, line in records if name in keep)
+        return set(), ""
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    if fmt == ".csv":
+        lines = lines[1:]  # the header is rewritten
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    records = []
+    for line in lines:
+        try:
+            name = json.loads(line)["input"] if fmt == ".jsonl" else next(csv.reader([line]))[0]
+        except (json.JSONDecodeError, KeyError, TypeError, csv.Error, StopIteration, IndexError):
+            break  # unreadable: this line and what follows are redone
+        records.append((name, line))
+    if timestamps and records:
+        last = records[-1][0]
+        records = [r for r in records if r[0] != last]
+    return {name for name, _ in records}, "".join(line for _, line in records)
 
 
 def classify_collection(model: str | Path, inputs: list[str | Path], out: str | Path, *, top_k: int = 5,
                         threshold: float | None = None, timestamps: bool = False, hop: float | None = None,
                         workers: int | None = None, threads: int | None = None, device: str | None = None,
-                        progress: bool = True) -> list[dict]:
+                        file_timeout: float | None = FILE_TIMEOUT, progress: bool = True) -> list[dict]:
     """Classify every input (see :func:`avssl.collection.collect_inputs`) with the model file ``model`` into
     ``out`` (``.csv`` or ``.jsonl``); returns this run's rows. ``hop`` (seconds, at most a window; default half a
-    window) spaces the windows; with ``timestamps`` each window gets its own row."""
+    window) spaces the windows; with ``timestamps`` each window gets its own row. ``workers``, ``threads`` and
+    ``file_timeout`` as in :func:`avssl.collection.embed_collection` (a decoder that crashes or stalls costs only
+    its file)."""
     out = Path(out)
     fmt = out.suffix.lower()
     if fmt not in FORMATS:
@@ -123,28 +123,32 @@ def classify_collection(model: str | Path, inputs: list[str | Path], out: str | 
     settings = {"model_sha1": file_sha1(model), "top_k": top_k, "threshold": threshold, "timestamps": timestamps,
                 "hop": hop}
     _check_settings(out, settings, model)
-    done, kept = _done_inputs(out, fmt)
+    done, kept = _done_inputs(out, fmt, timestamps)
     items = collect_inputs(inputs)
-    todo = [p for p, _ in items if str(p) not in set(done)]
+    todo = [p for p, _ in items if str(p) not in done]
     log.info("classify: %d inputs, %d done earlier, %d to do", len(items), len(items) - len(todo), len(todo))
     tmp = out.with_name(f".{out.name}.tmp")
     header = "" if fmt == ".jsonl" else ",".join(_header(top_k, timestamps)) + "\n"
     tmp.write_text(header + kept, encoding="utf-8")
     os.replace(tmp, out)
 
-    def one(path: Path) -> list[dict]:
+    def one(item: tuple[Path, np.ndarray | str]) -> list[dict]:
+        path, audio = item
+        if isinstance(audio, str):  # not decoded: why
+            return [{"input": str(path), "status": "skipped", "reason": audio}]
         try:
-            return _rows_for(clf, path, top_k, threshold, timestamps)
+            return _rows_for(clf, path, audio, top_k, threshold, timestamps)
         except Exception as e:  # a bad file must not stop a long run: record why and go on
             return [{"input": str(path), "status": "skipped", "reason": f"{type(e).__name__}: {e}"}]
 
     workers = _cores() if workers is None else int(workers)
+    stream = zip(todo, decoded(todo, clf.sample_rate, workers, file_timeout))
     previous = torch.get_num_threads()
     torch.set_num_threads(int(threads) if threads else tower_threads(workers))
     rows: list[dict] = []
     try:
         with out.open("a", encoding="utf-8") as f:
-            for file_rows in tqdm(in_order(one, todo, workers), total=len(todo), desc="classify", unit="file",
+            for file_rows in tqdm(in_order(one, stream, workers), total=len(todo), desc="classify", unit="file",
                                   disable=not progress):
                 f.write(_format(file_rows, fmt, top_k, timestamps))
                 f.flush()
@@ -187,11 +191,12 @@ def add_classify_arguments(p: argparse.ArgumentParser) -> None:
                    help="files classified at once, each in its own thread (default: one per core; 0 = main thread)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of each worker (default: cores / workers)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_file_timeout_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_classify(args: argparse.Namespace) -> int:
     rows = classify_collection(args.model, args.inputs, args.out, top_k=args.top_k, threshold=args.threshold,
                                timestamps=args.timestamps, hop=args.hop, workers=args.workers, threads=args.threads,
-                               device=args.device, progress=not args.no_progress)
+                               device=args.device, file_timeout=args.file_timeout, progress=not args.no_progress)
     return 0 if not rows or any(r["status"] == "ok" for r in rows) else 1

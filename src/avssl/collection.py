@@ -1,11 +1,13 @@
 """``avssl embed`` over collections: files, folders and list files -> one ``.npz`` per input, resumable.
 
-``workers`` files are embedded at once, each in its own thread from start to end (decoding, resampling, the
-tower with ``threads`` torch threads, writing), in input order a few files ahead; PyAV, soxr and torch
-release the GIL while they compute, so the workers run on separate cores. On 2 cores, 2 workers with 1
-torch thread each embedded 600 Opus files 1.8x faster than one (docs/benchmarks-embed.md); the previous
-design, one tower thread fed by decoding threads, left the tower's thread setting the pace. The tower runs
+Each file is decoded in one of ``workers`` processes (:func:`decoded`, :func:`avssl.procpool.imap_guarded`): a
+file that crashes its decoder (a segfault, an abort, an out-of-memory kill) or stalls it past ``file_timeout``
+seconds costs only itself and is recorded as skipped (``crashed`` / ``timeout``); anything that is not a regular
+file (a FIFO, a device, a broken link) is recorded as skipped without being opened. ``workers`` threads then
+run the tower, each on one file (``threads`` torch threads each), and write its output, in input order a few
+files ahead; torch releases the GIL while it computes, so the threads run on separate cores. The tower runs
 once per file, also with ``timestamps`` (:meth:`avssl.embed.Embedder.embed_with_timestamps`).
+``avssl classify`` (:mod:`avssl.classify`) runs the same way.
 
 Interruption safety: each output is written to a hidden temp name beside it (``.NAME.tmp``, the same name for
 the same output, so a rerun overwrites a leftover) and renamed when complete; a rerun keeps every output whose
@@ -21,7 +23,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,8 +38,9 @@ from .audio import LIST_SUFFIXES, load_audio
 from .checkpoint import file_sha1
 from .config import EMBED_FEATURES
 from .embed import Embedder, load_model
-from .inputs import list_file_entries, media_files
+from .inputs import list_file_entries, media_entries, not_regular
 from .models import AUDIO_VIEWS
+from .procpool import Failure, imap_guarded
 
 log = logging.getLogger(__name__)
 T, R = TypeVar("T"), TypeVar("R")
@@ -48,13 +52,14 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     into ``(path, output name)`` pairs.
 
     Output names mirror the input (``folder/sub/a.wav`` -> ``folder/sub/a.wav.npz``); names that two inputs
-    would share get a hash of each full path. Missing paths are kept so that they are reported as skipped.
+    would share get a hash of each full path. Missing paths and what is not a regular file (FIFOs, devices,
+    broken links) are kept so that they are reported as skipped.
     """
     items: list[tuple[Path, str]] = []
 
     def add(p: Path, rel: str) -> None:
         if p.is_dir():
-            for f in media_files(p):
+            for f in media_entries(p):
                 items.append((f, f"{rel}/{f.relative_to(p).as_posix()}"))
         elif p.suffix.lower() in LIST_SUFFIXES and p.is_file():
             for _, q in list_file_entries(p):
@@ -96,23 +101,52 @@ def _made_from(path: Path) -> str | None:
 
 
 
-def in_order(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
-    """``fn`` over ``items``, results in order: in the caller's thread (``workers`` <= 0) or in ``workers``
-    threads, at most ``2 * workers`` items started ahead of the one being yielded. Closing the iterator early
-    (an error, Ctrl-C) starts no further item and waits for the running ones."""
+def in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``fn`` over ``items`` (read lazily), results in order: in the caller's thread (``workers`` <= 0) or in
+    ``workers`` threads, at most ``2 * workers`` items started ahead of the one being yielded. Closing the
+    iterator early (an error, Ctrl-C) starts no further item and waits for the running ones."""
     if workers <= 0:
         yield from map(fn, items)
         return
+    items = iter(items)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="avssl-embed")
     try:
-        ahead = collections.deque(pool.submit(fn, x) for x in items[: 2 * workers])
-        for x in items[2 * workers :]:
+        ahead = collections.deque(pool.submit(fn, x) for x in itertools.islice(items, 2 * workers))
+        for x in items:
             yield ahead.popleft().result()
             ahead.append(pool.submit(fn, x))
         while ahead:
             yield ahead.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+FILE_TIMEOUT = 600.0  # seconds one file may take to decode before its worker is killed (as ingest.file_timeout)
+
+
+def decoded(paths: Sequence[Path], sample_rate: int, workers: int, timeout: float | None = FILE_TIMEOUT
+            ) -> Iterator[np.ndarray | str]:
+    """Each path's audio (mono float32 at ``sample_rate``), in order, or why it was skipped: a path that is not a
+    regular file (never opened), a decode error, or a decoder that crashed or ran past ``timeout`` seconds in
+    one of ``workers`` guarded processes (``workers`` <= 0: decoded here, unguarded, for debugging)."""
+    def decode(path: Path) -> np.ndarray | str:
+        try:
+            return load_audio(path, sample_rate)
+        except Exception as e:  # a bad file must not stop a long run: record why and go on
+            return f"{type(e).__name__}: {e}"
+
+    why = [not_regular(p) for p in paths]
+    readable = [p for p, w in zip(paths, why) if w is None]
+    if workers <= 0:
+        results = map(decode, readable)
+    else:
+        results = imap_guarded(decode, readable, workers, timeout or None)
+    for w in why:
+        if w is not None:
+            yield w
+            continue
+        out = next(results)
+        yield f"{out.reason}: {out.detail}" if isinstance(out, Failure) else out
 
 
 def _cores() -> int:
@@ -161,7 +195,8 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
                      view: str = "spec", device: str | None = None, timestamps: bool = False, hop: float = 0.1,
                      overlap: float = 0.5, num_nodes: int | None = None, node_rank: int | None = None,
                      workers: int | None = None, threads: int | None = None, progress: bool = True,
-                     features: str | None = None, int8: bool = False) -> list[dict]:
+                     features: str | None = None, int8: bool = False,
+                     file_timeout: float | None = FILE_TIMEOUT) -> list[dict]:
     """Embed every file in ``inputs`` (see :func:`collect_inputs`) into ``out_dir``; return the index rows.
 
     One ``.npz`` per input under ``out_dir/embeddings/`` with ``embedding`` float32[D], ``seconds`` (the
@@ -169,9 +204,10 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     float32[T, D] when ``timestamps``. ``out_dir/index.jsonl`` (``index-{rank}-of-{num_nodes}.jsonl`` when
     split) has one row per input: ``input``, ``output``, ``status`` (``ok``, ``done`` = kept from an earlier
     run, ``skipped``), ``reason``. Existing outputs made from the same input are kept (resume). Inputs are
-    split ``node_rank::num_nodes`` across processes. ``workers`` threads each embed one file at a time
-    (default: one per core; 0: in the caller's thread); ``threads`` sets the torch threads of each (default
-    :func:`tower_threads`);
+    split ``node_rank::num_nodes`` across processes. ``workers`` processes decode (:func:`decoded`: a file whose
+    decoder crashes or runs past ``file_timeout`` seconds is skipped) and ``workers`` threads run the tower, one
+    file each (default: one per core; 0: all in the caller's thread, unguarded); ``threads`` sets the torch
+    threads of each (default :func:`tower_threads`);
     ``int8`` runs the tower in int8 (:func:`avssl.embed.quantize_int8`).
     """
     out_dir = Path(out_dir)
@@ -196,21 +232,25 @@ def embed_collection(checkpoint: str | Path, inputs: Sequence[str | Path], out_d
     log.info("embed: %d inputs on this node, %d already done, %d to do", len(items), len(items) - len(todo), len(todo))
     workers = _cores() if workers is None else int(workers)  # default: one file per core
 
-    def embed_one(item: tuple[Path, str, str]) -> dict:
-        path, name, source = item
+    def embed_one(item: tuple[tuple[Path, str, str], np.ndarray | str]) -> dict:
+        (path, name, source), audio = item
         row = {"input": str(path), "output": None, "status": "skipped", "reason": None}
+        if isinstance(audio, str):
+            row["reason"] = audio
+            return row
         try:
-            audio = torch.from_numpy(load_audio(path, embedder.sample_rate))
-            _save_npz(out_dir / "embeddings" / name, **_embed_file(embedder, audio, source, timestamps, hop))
+            arrays = _embed_file(embedder, torch.from_numpy(audio), source, timestamps, hop)
+            _save_npz(out_dir / "embeddings" / name, **arrays)
             row.update(output=f"embeddings/{name}", status="ok")
         except Exception as e:  # a bad file must not stop a long run: record why and go on
             row["reason"] = f"{type(e).__name__}: {e}"
         return row
 
+    stream = zip(todo, decoded([p for p, _, _ in todo], embedder.sample_rate, workers, file_timeout))
     previous = torch.get_num_threads()
     torch.set_num_threads(int(threads) if threads else tower_threads(workers))
     try:
-        for row in tqdm(in_order(embed_one, todo, workers), total=len(todo), desc="embed", unit="file",
+        for row in tqdm(in_order(embed_one, stream, workers), total=len(todo), desc="embed", unit="file",
                         disable=not progress):
             if row["reason"]:
                 log.warning("skipped %s: %s", row["input"], row["reason"])
@@ -266,12 +306,20 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of each worker (default: the cores shared among the workers, at least 1)")
     p.add_argument("--int8", action="store_true", help="run the tower in int8 on the CPU (faster; see docs)")
+    add_file_timeout_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_file_timeout_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--file-timeout", type=float, default=FILE_TIMEOUT,
+                   help=f"seconds a file may take to decode before it is skipped as 'timeout' (default {FILE_TIMEOUT:g}; "
+                   "0 = no limit)")
 
 
 def run_embed(args: argparse.Namespace) -> int:
     rows = embed_collection(args.checkpoint, args.inputs, args.out, view=args.view, device=args.device,
                             timestamps=args.timestamps, hop=args.hop, overlap=args.overlap, num_nodes=args.num_nodes,
                             node_rank=args.node_rank, workers=args.workers, threads=args.threads,
-                            progress=not args.no_progress, features=args.features, int8=args.int8)
+                            progress=not args.no_progress, features=args.features, int8=args.int8,
+                            file_timeout=args.file_timeout)
     return 0 if any(r["status"] != "skipped" for r in rows) or not rows else 1

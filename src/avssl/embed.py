@@ -91,7 +91,7 @@ class Embedder(nn.Module):
                 self.layer_dims = [2 * int(x.shape[-1]) for x in tower.forward_layers(probe)]
             self.embedding_dim = sum(self.layer_dims)
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_windows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows ``[M, window]`` -> (clip features ``[M, embedding_dim]`` as :attr:`features` says,
         time-resolved features ``[M, T', feature_dim]``), from one pass of the tower.
 
@@ -191,7 +191,7 @@ class Embedder(nn.Module):
         bounds = [k * len(jobs) // calls for k in range(calls + 1)]
         for a, b in zip(bounds[:-1], bounds[1:]):
             x = torch.stack([self._cut(clips[i], s) for i, s in jobs[a:b]])
-            p, f = self._forward(x.to(device))
+            p, f = self.forward_windows(x.to(device))
             pooled.append(p.float())
             frames.append(f.float())
         return torch.cat(pooled), torch.cat(frames), starts

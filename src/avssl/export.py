@@ -31,14 +31,14 @@ from .models import AUDIO_VIEWS
 log = logging.getLogger(__name__)
 
 class _Scores(nn.Module):
-    """A classifier as one graph: tower -> head -> scores."""
+    """A classifier as one graph: tower -> its read-out (``embed.features``) -> head -> scores."""
 
     def __init__(self, clf: Classifier):
         super().__init__()
-        self.tower, self.head, self.multilabel = clf.embedder.tower, clf.head, clf.multilabel
+        self.embedder, self.head, self.multilabel = clf.embedder, clf.head, clf.multilabel
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.tower(audio))
+        logits = self.head(self.embedder.forward_windows(audio)[0])
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
 
 

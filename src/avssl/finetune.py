@@ -118,9 +118,10 @@ class _Run:
         fc = self.fc = cfg.finetune
         self.cfg, self.labels, self.multilabel = cfg, labels, multilabel
         self.tower = tower.train()
+        self.embedder = Embedder(tower, cfg, fc.view)  # the read-out of embed.features, as at inference
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(fc.seed)
-            self.head = Head(int(tower.feature_dim), len(labels))
+            self.head = Head(self.embedder.embedding_dim, len(labels))
         self.dropout = nn.Dropout(fc.head_dropout)
         self.generator = torch.Generator().manual_seed(fc.seed)
         if fc.spec_mask and hasattr(tower, "mask"):  # the spectrogram tower: SpecAugment-style stripes in training
@@ -136,15 +137,16 @@ class _Run:
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = fc.epochs * steps_per_epoch
         self.warmup = int(round(fc.warmup_epochs * steps_per_epoch))
-        self.classifier = Classifier(Embedder(tower, cfg, fc.view, features="pooled"), self.head, labels, multilabel)
+        self.classifier = Classifier(self.embedder, self.head, labels, multilabel)
         self.train_mode()
 
     def train_mode(self) -> None:
-        """Tower and head in training mode, their BatchNorm layers in eval mode unless ``bn_stats=batch``."""
+        """Tower and head in training mode, the tower's BatchNorm layers in eval mode unless ``bn_stats=batch``
+        (the head standardises each batch, and keeps running statistics for inference, as it learns)."""
         self.tower.train()
         self.head.train()
         if self.fc.bn_stats != "batch":
-            for m in _batchnorms(self.tower) + _batchnorms(self.head):
+            for m in _batchnorms(self.tower):
                 m.eval()
 
     @torch.no_grad()
@@ -162,7 +164,7 @@ class _Run:
             m.momentum = None  # a cumulative average over the batches
             m.train()
         for i in range(0, len(clips), self.fc.batch_size):
-            self.head[0](self.tower(random_crops(clips[i : i + self.fc.batch_size], window, g)))
+            self.head[0](self.embedder.forward_windows(random_crops(clips[i : i + self.fc.batch_size], window, g))[0])
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum
         self.train_mode()
@@ -185,7 +187,7 @@ class _Run:
             lam = torch.maximum(lam, 1 - lam)  # the clip stays the larger part (as pretraining's mixup)
             x = lam[:, None] * x + (1 - lam[:, None]) * x[partner]
             target = lam[:, None] * target + (1 - lam[:, None]) * target[partner]
-        logits = self.head(self.dropout(self.tower(x)))
+        logits = self.head(self.dropout(self.embedder.forward_windows(x)[0]))
         if self.multilabel:
             loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
         else:

@@ -57,7 +57,7 @@ def _sanitize(text: str) -> str:
     return vid if len(vid) <= MAX_ID_CHARS else _with_suffix(vid, _digest(text))
 
 
-def _media_entries(folder: Path) -> list[Path]:
+def media_entries(folder: Path) -> list[Path]:
     """Everything under ``folder`` (recursively) with a media suffix that is not a folder, sorted; hidden
     names (``.name``, e.g. macOS ``._clip.wav`` resource forks) are skipped."""
     return sorted(p for p in folder.rglob("*")
@@ -67,7 +67,7 @@ def _media_entries(folder: Path) -> list[Path]:
 def media_files(folder: Path) -> list[Path]:
     """Media files under ``folder`` (recursively, by suffix; regular files only), sorted; hidden files
     (``.name``, e.g. macOS ``._clip.wav`` resource forks) are skipped."""
-    return [p for p in _media_entries(folder) if p.is_file()]
+    return [p for p in media_entries(folder) if p.is_file()]
 
 
 _KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
@@ -157,7 +157,7 @@ def collect_items(inputs: list[str | Path]) -> tuple[list[Item], list[dict[str, 
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            for f in _media_entries(p):
+            for f in media_entries(p):
                 if why := not_regular(f):
                     skipped.append({"path": str(f), "reason": "unreadable", "detail": why})
                 else:
