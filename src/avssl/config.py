@@ -185,7 +185,7 @@ class FinetuneConfig:
     min_epoch_steps: int = 20
     patience: int = 6  # 0: never stop early
     batch_size: int = 32
-    lr: float = 1e-2
+    lr: float = 1e-3
     tower_lr_scale: float = 0.1
     weight_decay: float = 0.01
     warmup_epochs: float = 1.0
