@@ -101,8 +101,12 @@ def main() -> None:
     ap.add_argument("--labels", nargs="+", type=int, default=[0, 5, 1])
     ap.add_argument("--set", action="append", default=[], help="finetune.* override for every run")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--data-root", default=None, help="default: $AVSSL_SHARED_DATA, else ../shared/data")
     args = ap.parse_args()
+    if args.data_root is None:
+        from avssl.tasks import default_data_root
+
+        args.data_root = str(default_data_root())
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(args.checkpoint, t, k, s, start, args.out, args.set, args.data_root)
             for k in args.labels for s in range(args.seeds) for t in args.tasks for start in ("pretrained", "random")]

@@ -281,7 +281,7 @@ def test_cli_embed_collection_resume_and_split(tmp_path, tiny_ckpt, embedder, co
 
 
 def test_embed_imports_no_training_code():
-    code = ("import sys, avssl.embed, avssl.hear, avssl.collection, avssl.export; "
+    code = ("import sys, avssl.embed, avssl.hear, avssl.collection, avssl.export, avssl.classifier, avssl.classify; "
             "bad = [m for m in ('avssl.train', 'avssl.data', 'avssl.ingest', 'avssl.losses', 'avssl.augment', "
             "'avssl.distributed', 'avssl.evaluate', 'webdataset') if m in sys.modules]; "
             "assert not bad, bad")

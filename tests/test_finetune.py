@@ -72,7 +72,9 @@ def test_learns_and_the_model_file_round_trips(task_dir, full_run):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all("valid_accuracy" in r for r in rows)
     assert res["best_epoch"] == 1 + int(np.argmax([r["valid_accuracy"] for r in rows]))  # first best epoch kept
-    clf = load_classifier(out / "model.pt", device="cpu")
+    import avssl
+
+    clf = avssl.load_classifier(out / "model.pt", device="cpu")
     assert clf.labels == sorted(CLASSES) and not clf.multilabel and clf.info["test"] == res["test"]
     task = load_task(f"folder:{task_dir}")
     test = [ex for ex in task.examples if ex.split == "fold1"]

@@ -1,13 +1,14 @@
 """avssl: self-supervised audio representations learned from video.
 
-``avssl.load_model`` is imported lazily so ``import avssl`` stays light.
+``avssl.load_model`` (an embedder) and ``avssl.load_classifier`` (a fine-tuned classifier) are imported lazily so
+``import avssl`` stays light.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "load_model", "load_classifier"]
 
 
 def __getattr__(name: str):
@@ -15,4 +16,8 @@ def __getattr__(name: str):
         from .embed import load_model
 
         return load_model
+    if name == "load_classifier":
+        from .classifier import load_classifier
+
+        return load_classifier
     raise AttributeError(f"module 'avssl' has no attribute {name!r}")
