@@ -16,16 +16,12 @@ from avssl.classify import classify_collection
 from avssl.cli import main as cli_main
 from avssl.finetune import finetune
 from avssl.video import encode_audio
-from test_finetune import CLASSES, FAST, SR, tone
+from test_finetune import CLASSES, FAST, SR, tone, write_tone_task
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("task")
-    for c, (name, freq) in enumerate(CLASSES.items()):
-        (root / name).mkdir()
-        for i in range(6):
-            encode_audio(root / name / f"{i}.wav", tone(freq, 0.8 + 0.3 * i, 50 * c + i), SR)
+    root = write_tone_task(tmp_path_factory.mktemp("task"), 6, 0.8, 0.3)
     out = tmp_path_factory.mktemp("ft") / "run"
     torch.set_num_threads(1)
     finetune("random-init:tiny", f"folder:{root}", out, sets=FAST + ["finetune.epochs=2"], progress=False)

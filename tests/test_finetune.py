@@ -40,14 +40,18 @@ def tone(freq: float, seconds: float, seed: int) -> np.ndarray:
             + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tones")
+def write_tone_task(root: Path, per_class: int, seconds: float, step: float) -> Path:
+    """One folder per class of :data:`CLASSES`, ``per_class`` tones each, ``seconds + i * step`` long."""
     for c, (name, freq) in enumerate(CLASSES.items()):
         (root / name).mkdir()
-        for i in range(8):
-            encode_audio(root / name / f"clip {i}.wav", tone(freq, 0.6 + 0.25 * i, 100 * c + i), SR)
+        for i in range(per_class):
+            encode_audio(root / name / f"clip {i}.wav", tone(freq, seconds + step * i, 100 * c + i), SR)
     return root
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    return write_tone_task(tmp_path_factory.mktemp("tones"), 8, 0.6, 0.25)
 
 
 def run(task_dir: Path, out: Path, *extra: str, start: str = "random-init:tiny", seed: int = 0) -> dict:
