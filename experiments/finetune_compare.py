@@ -48,7 +48,6 @@ def probe_cells(ckpt: str, tasks: list[str], seeds: int, sets: list[str], data_r
     """The checkpoint's linear probe on each fine-tuning run's own split (every label)."""
     import torch
 
-    from avssl.config import apply_overrides, parse_set
     from avssl.evaluate import embed_task, resolve_model
     from avssl.finetune import starting_point, tuning_overrides
     from avssl.finetune_data import split_task
@@ -81,7 +80,7 @@ def table(cells: list[dict], tasks: list[str]) -> str:
             got = [c for c in cells if c["k"] == k and c["model"] == m]
             if not got:
                 continue
-            per_task, seeds_means = [], []
+            per_task = []
             for t in tasks:
                 v = [100 * c["score"] for c in got if c["task"] == t]
                 per_task.append(f"{np.mean(v):.1f} ± {np.std(v):.1f}" if v else "-")

@@ -20,7 +20,7 @@ import avssl.collection as collection
 from avssl.classify import classify_collection
 from avssl.collection import embed_collection
 from avssl.video import encode_audio
-from test_classify import model  # noqa: F401  (a fixture: a fine-tuned classifier model file)
+from test_classify import model  # noqa: F401  # pyflakes: ignore  (a fixture: a fine-tuned classifier)
 from test_embed import make_checkpoint
 
 _real_load_audio = collection.load_audio

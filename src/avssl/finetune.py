@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ import torch
 from torch import nn
 
 from .atomic import write_text
-from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_for_resume, random_model, save_classifier
-from .checkpoint import save_rotating
+from .checkpoint import (CHECKPOINT, CheckpointError, load_checkpoint, load_for_resume, random_model, save_classifier,
+                         save_rotating)
 from .classifier import Classifier, Head
 from .config import Config, ConfigError, FinetuneConfig, apply_overrides, load_config, parse_set, preset_path, save_config
 from .embed import Embedder
@@ -237,14 +236,7 @@ def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Pa
         raise CheckpointError(f"{out} already holds {CHECKPOINT}; pass --resume to continue it or choose another --out")
     cfg, tower = starting_point(start, overrides)
     fc = cfg.finetune
-    task = load_task(task_name, data_root if data_root is not None else default_data_root())
-    split = split_task(task, fold, fc)
-    wanted = np.concatenate([split.train, split.valid, split.test])
-    audio, skipped = decode_examples([task.examples[i] for i in wanted], cfg.audio.sample_rate, progress)
-    clips = {int(wanted[j]): a for j, a in audio.items()}
-    split = Split(*(np.array([i for i in s if int(i) in clips], np.int64) for s in (split.train, split.valid, split.test)))
-    _check_split(task, split, skipped)
-    y_all = task.targets()
+    task, split, clips, skipped = _labelled_clips(task_name, data_root, fold, fc, cfg.audio.sample_rate, progress)
     n = len(split.train)
     steps_per_epoch = max(math.ceil(n / fc.batch_size), fc.min_epoch_steps)
     torch.manual_seed(fc.seed)  # dropout and mixup's Beta draws (saved in checkpoints)
@@ -261,14 +253,40 @@ def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     write_text(out / "skipped.jsonl", "".join(json.dumps(r) + "\n" for r in skipped))
-    writer = MetricsWriter(out, book["step"])
     log.info("finetune %s on %s (%s): %d train / %d valid / %d test clips, %d epochs of %d steps", start, task.name,
              pick_fold(task, fold).name, n, len(split.valid), len(split.test), fc.epochs, steps_per_epoch)
-    window = run.classifier.embedder.window
     train_clips = [clips[int(i)] for i in split.train]
-    valid_clips = [clips[int(i)] for i in split.valid]
     if state is None:
-        run.estimate_bn_stats(train_clips, window)
+        run.estimate_bn_stats(train_clips, run.embedder.window)
+    y_all = task.targets()
+    stopped = _train(run, book, out, task, train_clips, y_all[split.train], [clips[int(i)] for i in split.valid],
+                     y_all[split.valid], progress)
+    if stopped:
+        log.warning("stopped at step %d of %d (%s); continue with --resume", book["step"], run.total_steps, stopped)
+        return {"stopped": stopped, "step": book["step"]}
+    return _finish(run, book, task, split, clips, skipped, cfg, start, out, fold)
+
+
+def _labelled_clips(task_name: str, data_root, fold: str | None, fc: FinetuneConfig, sample_rate: int, progress: bool
+                    ) -> tuple[Any, Split, dict[int, np.ndarray], list[dict]]:
+    """The task, its split (less the clips that could not be decoded), every used clip's audio by example index,
+    and the skipped clips."""
+    task = load_task(task_name, data_root if data_root is not None else default_data_root())
+    split = split_task(task, fold, fc)
+    wanted = np.concatenate([split.train, split.valid, split.test])
+    audio, skipped = decode_examples([task.examples[i] for i in wanted], sample_rate, progress)
+    clips = {int(wanted[j]): a for j, a in audio.items()}
+    split = Split(*(np.array([i for i in s if int(i) in clips], np.int64) for s in (split.train, split.valid, split.test)))
+    _check_split(task, split, skipped)
+    return task, split, clips, skipped
+
+
+def _train(run: _Run, book: dict, out: Path, task, train_clips: list[np.ndarray], train_y: np.ndarray,
+           valid_clips: list[np.ndarray], valid_y: np.ndarray, progress: bool) -> str | None:
+    """Step until the budget is spent or early stopping says stop, validating and checkpointing every epoch;
+    returns the signal that stopped it early (after a checkpoint), else None."""
+    fc, n, window = run.fc, len(train_clips), run.embedder.window
+    writer = MetricsWriter(out, book["step"])
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -278,7 +296,7 @@ def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Pa
 
     def checkpoint() -> None:
         book["seconds"] = seconds0 + time.perf_counter() - t0  # training time over every session
-        save_rotating(out, {"config": cfg.to_dict(), "model": {}, "model_parts": run.weights(),
+        save_rotating(out, {"config": run.cfg.to_dict(), "model": {}, "model_parts": run.weights(),
                             "optimizer": run.optimizer.state_dict(), "book": book,
                             "rng": {"generator": run.generator.get_state(), "torch": torch.get_rng_state()}})
 
@@ -286,13 +304,12 @@ def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Pa
         while book["step"] < run.total_steps and not book["early_stop"]:
             pos = batch_indices(n, fc.batch_size, book["step"], fc.seed)
             x = random_crops([train_clips[i] for i in pos], window, run.generator)
-            y = torch.from_numpy(y_all[split.train[pos]])
-            book["loss_sum"] += run.step(book["step"], x, y)
+            book["loss_sum"] += run.step(book["step"], x, torch.from_numpy(train_y[pos]))
             book["step"] += 1
             if bar is not None:
                 bar.update(1)
-            if book["step"] % steps_per_epoch == 0:
-                book["early_stop"] = _end_epoch(run, book, task, y_all[split.valid], valid_clips, writer, bar)
+            if book["step"] % run.steps_per_epoch == 0:
+                book["early_stop"] = _end_epoch(run, book, task, valid_y, valid_clips, writer, bar)
                 checkpoint()
                 if book["early_stop"]:
                     log.info("no validation gain for %d epochs: stopping early", fc.patience)
@@ -300,14 +317,11 @@ def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Pa
                 checkpoint()
                 stopped = flag["signal"]
                 break
+    book["seconds"] = seconds0 + time.perf_counter() - t0
     if bar is not None:
         bar.close()
     writer.close()
-    if stopped:
-        log.warning("stopped at step %d of %d (%s); continue with --resume", book["step"], run.total_steps, stopped)
-        return {"stopped": stopped, "step": book["step"]}
-    book["seconds"] = seconds0 + time.perf_counter() - t0
-    return _finish(run, book, task, split, clips, skipped, cfg, start, out, fold)
+    return stopped
 
 
 def _check_split(task, split: Split, skipped: list[dict]) -> None:
@@ -385,6 +399,6 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    res = finetune(args.start, args.task, args.out, data_root=args.data_root, fold=args.fold, config=args.config,
+    finetune(args.start, args.task, args.out, data_root=args.data_root, fold=args.fold, config=args.config,
                    sets=args.set, seed=args.seed, resume=args.resume, progress=not args.no_progress)
-    return 0  # stopped by a signal: the checkpoint is saved, --resume continues
+    return 0  # also when a signal stopped it: the checkpoint is saved, --resume continues
