@@ -221,7 +221,9 @@ def _run(
     being yielded; items that finish early wait in their spool files, not in memory, so the output does not
     depend on the worker count or schedule. A worker's crash or a timeout becomes the item's skip record."""
     spools = [spool_dir / f"{i:08d}.spool" for i in range(len(items))]
-    tasks = [(item, cfg, spool, 1 if workers > 1 else 0) for i, (item, spool) in enumerate(zip(items, spools))
+    # a worker decodes and scales on one thread: parallelism comes from the workers, and threads cost CPU
+    # (one worker with a thread per core used ~20 % more CPU per clip; docs/benchmarks-ingest.md)
+    tasks = [(item, cfg, spool, 1 if workers else 0) for i, (item, spool) in enumerate(zip(items, spools))
              if i not in known]  # fmt: skip
     if workers == 0:
         outcomes: Iterator[ItemResult | Failure] = (process_item(*task) for task in tasks)
