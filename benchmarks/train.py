@@ -86,6 +86,26 @@ def make_shards(cfg: Config, videos: Path, out: Path, storage: str) -> Path:
     return out
 
 
+def replicate(shards: Path, clips: int) -> Path:
+    """``shards`` listed ``ceil(clips / samples)`` times (symbolic links, one manifest): enough clips for batch
+    ``B`` x ``W`` workers (each worker assembles whole batches from its share) from a small real set. The copies
+    repeat keys, so a batch may hold a clip twice: for throughput only."""
+    m = read_manifest(shards)
+    k = max(1, -(-clips // m["total_samples"]))
+    if k == 1:
+        return shards
+    out = shards.with_name(shards.name + f"-x{k}")
+    out.mkdir()
+    listed = []
+    for i in range(k):
+        for s in m["shards"]:
+            listed.append({**s, "name": f"{len(listed):06d}.tar"})
+            (out / listed[-1]["name"]).symlink_to((shards / s["name"]).resolve())
+    total = {"total_samples": k * m["total_samples"], "total_hours": k * m["total_hours"]}
+    (out / "manifest.json").write_text(json.dumps({**m, **total, "shards": listed}))
+    return out
+
+
 def storage_bytes(shards: Path) -> tuple[float, float]:
     """(KiB per clip-second, TB for 2 M clips of ``clip_seconds``) of a shard folder (tar bytes, all members)."""
     m = read_manifest(shards)
@@ -247,6 +267,8 @@ def main() -> None:
     parser.add_argument("--storage", nargs="+", default=["jpeg/flac", "raw/pcm"],
                         help="FRAMES/AUDIO storages to compare (ingest.frame_format/ingest.audio_format); the first "
                              "is also read by the baseline loader, the last by e2e")
+    parser.add_argument("--replicate-to", type=int, default=0,
+                        help="list the shards repeatedly (links) to reach this many clips (few real clips)")
     parser.add_argument("--loader-batches", type=int, default=8)
     parser.add_argument("--loader-batch", type=int, default=64, help="loader batch size (at most the preset's)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved loader rounds (medians)")
@@ -280,7 +302,8 @@ def main() -> None:
             shards: dict[str, Path] = {}
             if {"decode", "loader", "e2e"} & set(args.parts):
                 videos = args.videos_from or make_videos(cfg, Path(tmp), args.videos)
-                shards = {st: make_shards(cfg, videos, Path(tmp) / st.replace("/", "-"), st) for st in args.storage}
+                made = {st: make_shards(cfg, videos, Path(tmp) / st.replace("/", "-"), st) for st in args.storage}
+                shards = {st: replicate(folder, args.replicate_to) for st, folder in made.items()}
             rate1 = None
             if "decode" in args.parts:
                 print(f"| storage | decode_sample ms per clip: full {cfg.ingest.clip_seconds} s / "
