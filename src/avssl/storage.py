@@ -3,7 +3,7 @@ per format. The sample layout (member names, metadata) is :mod:`avssl.shards`; o
 
 Audio (``ingest.audio_format``), mono 16-bit either way, so both decode to the same float32 values:
 
-- ``flac``  ``<key>.flac``: lossless FLAC (about 0.6x the bytes of PCM on real audio); a window is a
+- ``flac``  ``<key>.flac``: lossless FLAC (0.6-0.7x the bytes of PCM on real audio); a window is a
   FLAC seek (sample exact) plus decoding.
 - ``pcm``   ``<key>.pcm``: raw little-endian int16 samples, no header (rate and length in the json);
   a window is a slice: no decoding at all.
@@ -16,7 +16,7 @@ Frames (``ingest.frame_format``), ``uint8[T, H, W, 3]``:
   bytes (the header is checked, not parsed with ``np.load``; nothing is copied).
 - ``h264``  ``<key>.mp4``: an H.264 stream; temporally compressed, so a window decodes from the start.
 
-Measured sizes and decode costs: docs/ingest.md ("Frame and audio storage").
+Measured sizes and decode costs: docs/ingest.md ("Frame and audio storage"), docs/benchmarks-train.md.
 """
 
 from __future__ import annotations
