@@ -84,9 +84,10 @@ def test_choices_agree_with_the_modules_that_act_on_them():
     from avssl.models import PRESETS, VIEWS
     from avssl.models.avmodel import SPEC_ARCHS
     from avssl.models.video import RESNET_LAYERS
-    from avssl.shards import FRAME_FORMATS
+    from avssl.shards import AUDIO_FORMATS, FRAME_FORMATS
 
     assert CHOICES["augment.mix"] == MIX_MODES and CHOICES["ingest.frame_format"] == FRAME_FORMATS
+    assert CHOICES["ingest.audio_format"] == AUDIO_FORMATS
     assert CHOICES["model.preset"] == PRESETS and CHOICES["model.spec_arch"] == SPEC_ARCHS
     assert CHOICES["model.views"] == VIEWS and CHOICES["embed.features"] == EMBED_FEATURES
     assert set(CHOICES["model.video_depth"]) == set(RESNET_LAYERS)

@@ -35,7 +35,8 @@ def planted_clip(i: int, num_classes: int = 4, seconds: float = SECONDS, sr: int
 
 
 def write_shards(folder: Path, clips: list[Clip], per_shard: int, *, sr: int = SR, fps: float = FPS,
-                 size: int = SIZE, clip_seconds: float = SECONDS) -> Path:
+                 size: int = SIZE, clip_seconds: float = SECONDS, frame_format: str = "raw",
+                 audio_format: str = "flac") -> Path:
     """Write ``clips`` as WebDataset shards with ``avssl.shards.encode_sample`` plus a contract manifest."""
     folder.mkdir(parents=True, exist_ok=True)
     shards = []
@@ -44,12 +45,12 @@ def write_shards(folder: Path, clips: list[Clip], per_shard: int, *, sr: int = S
         part = clips[s : s + per_shard]
         with wds.TarWriter(str(folder / name)) as w:
             for clip in part:
-                w.write(encode_sample(clip, frame_format="raw"))
+                w.write(encode_sample(clip, frame_format=frame_format, audio_format=audio_format))
         shards.append({"name": name, "samples": len(part), "seconds": sum(len(c.audio) / sr for c in part)})
     manifest = {
         "version": 1,
         "params": {"sample_rate": sr, "fps": fps, "size": size, "clip_seconds": clip_seconds, "min_seconds": 1.0,
-                   "frame_format": "raw"},
+                   "frame_format": frame_format, "audio_format": audio_format},
         "shards": shards,
         "total_samples": len(clips),
         "total_hours": sum(s["seconds"] for s in shards) / 3600,
@@ -114,6 +115,27 @@ def test_stream_is_deterministic_and_resumes_exactly(shards, workers):
     first_pass = [k for b in full[:6] for k in b.keys]
     assert sorted(first_pass) == sorted(planted_clip(i).key for i in range(24))  # one pass = every clip once
     assert first_pass != sorted(first_pass)  # shuffled
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_storage_formats_give_the_batches_of_their_frames(tmp_path, workers):
+    """Two loads of the same shards give identical batches; raw frames with PCM or FLAC audio give the same
+    batches (both are 16-bit); JPEG frames give the same keys and audio, frames within JPEG's error."""
+    clips = [planted_clip(i) for i in range(12)]
+    cfg = data_config(f"data.num_workers={workers}")
+    runs = {}
+    for frames, audio in (("raw", "pcm"), ("raw", "flac"), ("jpeg", "flac"), ("jpeg", "pcm")):
+        folder = write_shards(tmp_path / f"{frames}-{audio}", clips, per_shard=4, frame_format=frames,
+                              audio_format=audio)
+        runs[frames, audio] = list(islice(make_loader(folder, cfg), 5))
+        again = list(islice(make_loader(folder, cfg), 5))
+        for a, b in zip(runs[frames, audio], again):
+            assert a.keys == b.keys and torch.equal(a.audio, b.audio) and torch.equal(a.frames, b.frames)
+    for a, b, c, d in zip(runs["raw", "pcm"], runs["raw", "flac"], runs["jpeg", "flac"], runs["jpeg", "pcm"]):
+        assert a.keys == b.keys == c.keys == d.keys
+        assert torch.equal(a.audio, b.audio) and torch.equal(a.audio, c.audio) and torch.equal(a.frames, b.frames)
+        assert torch.equal(c.frames, d.frames)
+        assert (a.frames.float() - c.frames.float()).abs().mean() < 3  # JPEG is lossy
 
 
 @pytest.mark.parametrize("shards_per_rank", [2, 0])  # 4 shards (split by shard) / 1 shard (split by sample)

@@ -112,6 +112,20 @@ def test_deterministic_across_workers_and_runs(corpus, ingested, tmp_path):
         assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
 
 
+def test_audio_and_frame_storage_options(corpus, ingested, tmp_path):
+    """``ingest.audio_format=pcm`` and ``ingest.frame_format=raw``: the same clips as the default ingest;
+    PCM audio equal to FLAC's, raw frames within JPEG's error of the default's."""
+    ingest([corpus], tmp_path / "pcm", _cfg(audio_format="pcm", frame_format="raw"), workers=1, progress=False)
+    manifest, clips = _read_all(tmp_path / "pcm")
+    _, ref = _read_all(ingested)
+    assert manifest["params"]["audio_format"] == "pcm" and manifest["params"]["frame_format"] == "raw"
+    assert [c.key for c in clips] == [c.key for c in ref] and clips
+    for a, b in zip(clips, ref):
+        np.testing.assert_array_equal(a.audio, b.audio)
+        assert a.frames.shape == b.frames.shape and np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 4
+        assert a.meta == b.meta
+
+
 def test_resume_after_kill(corpus, ingested, tmp_path, monkeypatch):
     out = tmp_path / "r"
     real = ingest_mod.process_item

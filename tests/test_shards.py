@@ -5,7 +5,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from avssl.shards import FRAME_FORMATS, Clip, ShardError, decode_sample, encode_sample, read_manifest, sample_info
+from avssl.shards import (AUDIO_FORMATS, FRAME_FORMATS, Clip, ShardError, ShardWriter, decode_sample, encode_sample,
+                          iter_samples, read_manifest, sample_info)  # fmt: skip
 
 
 def _clip(frames=6, seconds=0.6, rate=16000, size=32):
@@ -20,16 +21,19 @@ def _clip(frames=6, seconds=0.6, rate=16000, size=32):
                                                            "labels": ["dog"], "noise": float(rng.random())})
 
 
+@pytest.mark.parametrize("audio_format", AUDIO_FORMATS)
 @pytest.mark.parametrize("fmt", FRAME_FORMATS)
-def test_round_trip_and_determinism(fmt):
+def test_round_trip_and_determinism(fmt, audio_format):
     clip = _clip()
-    sample = encode_sample(clip, fmt, 90)
-    assert sample == encode_sample(clip, fmt, 90)  # same clip, same bytes
-    assert sample["__key__"] == clip.key and set(sample) >= {"flac", "json"}
+    sample = encode_sample(clip, fmt, 90, audio_format)
+    assert sample == encode_sample(clip, fmt, 90, audio_format)  # same clip, same bytes
+    assert sample["__key__"] == clip.key and set(sample) >= {audio_format, "json"}
     back = decode_sample(sample)
     assert back.key == clip.key and back.sample_rate == 16000 and back.fps == 10.0
     assert back.meta == clip.meta
     np.testing.assert_allclose(back.audio, clip.audio, atol=1.0 / 32768 + 1e-7)
+    # FLAC and PCM hold the same 16-bit samples: the decoded audio is identical
+    np.testing.assert_array_equal(back.audio, decode_sample(encode_sample(clip, fmt, 90, "flac")).audio)
     assert back.frames.shape == clip.frames.shape and back.frames.dtype == np.uint8
     err = np.abs(back.frames.astype(int) - clip.frames.astype(int)).mean()
     assert err == 0 if fmt == "raw" else err < 6  # lossy: 4:2:0 chroma on sharp edges
@@ -62,8 +66,21 @@ def test_bad_samples_and_keys():
     clip.key = "a.b-0000"
     with pytest.raises(ShardError, match="must not contain"):
         encode_sample(clip)
+    with pytest.raises(ShardError, match="audio_format"):
+        encode_sample(_clip(), "raw", audio_format="wav")
     with pytest.raises(ShardError, match="no 'flac' member"):
         decode_sample({"__key__": "x", "json": b"{}"})
+    with pytest.raises(ShardError, match="no 'pcm' member"):
+        decode_sample({"__key__": "x", "json": b'{"audio_format": "pcm"}'})
+    # a raw frame member that does not match its metadata, a PCM member of an odd byte count
+    sample = encode_sample(_clip(), "raw", audio_format="pcm")
+    meta = json.loads(sample["json"])
+    for bad, match in ((dict(sample, npy=sample["npy"][:-1]), "bytes of frames"),
+                       (dict(sample, json=json.dumps(dict(meta, frame_shape=[16, 64, 3])).encode()), "header"),
+                       (dict(sample, npy=b"GIF89a" + sample["npy"][6:]), "not a .npy"),
+                       (dict(sample, pcm=sample["pcm"][:-1]), "16-bit")):
+        with pytest.raises(ShardError, match=match):
+            decode_sample(bad)
 
 
 def test_read_manifest_errors(tmp_path):
@@ -87,10 +104,10 @@ def test_read_manifest_errors(tmp_path):
 WINDOWS = [(0.0, 0.3), (0.2, 0.3), (0.15, 0.2), (0.4, 0.5), (0.6, 0.3), (0.0, None), (0.25, None)]
 
 
-@pytest.mark.parametrize("fmt", FRAME_FORMATS)
-def test_window_equals_the_slice_of_a_full_decode(fmt):
+@pytest.mark.parametrize("fmt, audio_format", [(f, "flac") for f in FRAME_FORMATS] + [("raw", "pcm")])
+def test_window_equals_the_slice_of_a_full_decode(fmt, audio_format):
     clip = _clip(frames=6, seconds=0.6)
-    sample = encode_sample(clip, fmt, 90)
+    sample = encode_sample(clip, fmt, 90, audio_format)
     full = decode_sample(sample)
     info = sample_info(sample)
     assert (info.key, info.sample_rate, info.num_samples, info.fps, info.num_frames, info.frame_shape) == (
@@ -155,3 +172,66 @@ def test_read_clips_round_trips_a_shard_folder(tmp_path):
         assert {k: a.meta[k] for k in b.meta} == b.meta  # the clip's own metadata survives the round trip
         np.testing.assert_array_equal(a.frames, b.frames)
         np.testing.assert_allclose(a.audio, b.audio, atol=1e-4)  # FLAC: 16-bit
+
+
+def _write_tar(path, samples, fmt):
+    """``samples`` as a tar written by Python's ``tarfile`` in ``fmt`` (not by :class:`ShardWriter`)."""
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for s in samples:
+            for ext in sorted(k for k in s if k != "__key__"):
+                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
+                info.size = len(s[ext])
+                tar.addfile(info, io.BytesIO(s[ext]))
+
+
+def test_iter_samples_reads_shards_from_any_tar_writer(tmp_path):
+    """The shard reader (memory-mapped local files, streams for pipes) gives WebDataset's samples for
+    ustar, GNU and pax tars, long member names included, and the same decoded clips."""
+    import webdataset as wds
+
+    long_id = "v" * 120  # > ustar's 100-byte name field: a pax header or a GNU long-name member
+    samples = []
+    for i, (key, audio_format) in enumerate([("a-0000", "flac"), (f"{long_id}-0001", "pcm"), ("c-0002", "pcm")]):
+        clip = _clip()
+        clip.key = key
+        samples.append(encode_sample(clip, ("raw", "jpeg", "h264")[i], 90, audio_format))
+    writer = ShardWriter(tmp_path / "pax.tar")
+    for s in samples:
+        writer.add(s)
+    writer.close()
+    _write_tar(tmp_path / "gnu.tar", samples, tarfile.GNU_FORMAT)
+    _write_tar(tmp_path / "ustar.tar", samples[::2], tarfile.USTAR_FORMAT)  # no long names in plain ustar
+    for name, want in (("pax.tar", samples), ("gnu.tar", samples), ("ustar.tar", samples[::2])):
+        url = str(tmp_path / name)
+        for source in (url, f"pipe:cat {url}"):
+            got = list(iter_samples([source]))
+            ref = list(wds.WebDataset(url, shardshuffle=False, empty_check=False))
+            assert [s["__key__"] for s in got] == [s["__key__"] for s in ref] == [s["__key__"] for s in want]
+            for g, r in zip(got, ref):
+                assert {k: bytes(v) for k, v in g.items() if not k.startswith("__")} == {
+                    k: v for k, v in r.items() if not k.startswith("__")}
+                a, b = decode_sample(g), decode_sample(r)
+                np.testing.assert_array_equal(a.audio, b.audio)
+                np.testing.assert_array_equal(a.frames, b.frames)
+
+
+def test_iter_samples_reports_unreadable_shards(tmp_path):
+    sample = encode_sample(_clip(), "raw", audio_format="pcm")
+    writer = ShardWriter(tmp_path / "000000.tar")
+    writer.add(sample)
+    writer.close()
+    data = (tmp_path / "000000.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])  # truncated inside the frames member
+    bad = bytearray(data)
+    bad[0] ^= 1  # a header that fails its checksum
+    (tmp_path / "bad.tar").write_bytes(bytes(bad))
+    (tmp_path / "empty.tar").write_bytes(b"")
+    assert list(iter_samples([str(tmp_path / "empty.tar")])) == []
+    for name, match in (("cut.tar", "truncated"), ("bad.tar", "checksum")):
+        with pytest.raises(Exception, match=match):
+            list(iter_samples([str(tmp_path / name)]))
+    seen = []
+    urls = [str(tmp_path / n) for n in ("cut.tar", "bad.tar", "000000.tar")]
+    got = list(iter_samples(urls, handler=lambda e: seen.append(str(e)) or True))
+    assert [s["__key__"] for s in got] == [sample["__key__"]]  # no partial sample from the truncated shard
+    assert len(seen) == 2 and "cut.tar" in seen[0] and "bad.tar" in seen[1]

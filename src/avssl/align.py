@@ -43,12 +43,14 @@ class FrameSampler:
     are final once emitted; :meth:`take` hands them out in order.
     """
 
-    def __init__(self, t0: float, fps: float, size: int, sar: Fraction | None, time_base: Fraction):
+    def __init__(self, t0: float, fps: float, size: int, sar: Fraction | None, time_base: Fraction,
+                 threads: int = 0):
         from av.video.reformatter import VideoReformatter
 
         self.t0, self.fps, self.size, self.sar = t0, fps, size, sar
         self.time_base = time_base  # the stream's, which decoded frames carry (``frame.time_base`` costs ~0.1 ms)
         self.reformatter = VideoReformatter()  # keeps its scaler between frames (``frame.reformat`` builds one per call)
+        self.threads = threads or None  # scaler threads; None: PyAV's default (one per core)
         self.limit: int | None = None  # number of output frames, once known
         self.emitted = 0  # output frames produced so far
         self.pending: list[np.ndarray] = []  # produced, not yet taken
@@ -57,10 +59,8 @@ class FrameSampler:
 
     def _convert(self, frame) -> np.ndarray:
         w, h = _scaled_size(frame.width, frame.height, self.sar, self.size)
-        # PyAV's default scaler threads (one per core), kept on purpose: one thread costs ~15 % less scaling
-        # CPU alone, but in a worker pool on a loaded machine it made ingest slower in wall time and no
-        # cheaper in CPU (docs/benchmarks-ingest.md)
-        img = self.reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        img = self.reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA",
+                                        threads=self.threads).to_ndarray()
         y0, x0 = (h - self.size) // 2, (w - self.size) // 2
         img = img[y0 : y0 + self.size, x0 : x0 + self.size]
         # Display matrix: the picture is shown rotated counter-clockwise by ``rotation`` degrees.

@@ -53,6 +53,7 @@ class IngestConfig:
     samples_per_shard: int = 128
     frame_format: str = "jpeg"  # see README "Frame storage" for the measurement behind this
     jpeg_quality: int = 90
+    audio_format: str = "flac"  # flac | pcm (raw int16: no decoding in the loader); docs/ingest.md
     audio_only: str = "skip"  # skip | keep (keep: sample has no frames)
     workers: int = 2  # decoding processes; 0: decode in the main process, unprotected (debugging)
     # seconds one input may take to decode before its worker is killed and it is skipped as `timeout`;
@@ -239,6 +240,7 @@ class ConfigError(ValueError):
 CHOICES: dict[str, tuple[Any, ...]] = {
     "audio.window": ("hann", "hamming"),
     "ingest.frame_format": ("jpeg", "raw", "h264"),
+    "ingest.audio_format": ("flac", "pcm"),
     "ingest.audio_only": ("skip", "keep"),
     "model.preset": ("tiny", "small", "paper"),
     "model.views": ("spec", "wave", "video"),

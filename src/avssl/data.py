@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,8 +48,8 @@ class Batch:
     """One training batch.
 
     audio:  float32[B, N] waveform at ``audio.sample_rate`` (not features)
-    frames: uint8[B, T, 3, H, W] from the shards, or float32 in [0, 1] once augmented; T = crop * fps
-            (T = 0 when the run uses no video view)
+    frames: uint8[B, T, 3, H, W] from the shards (a channels-last view: not contiguous), or float32 in
+            [0, 1] once augmented; T = crop * fps (T = 0 when the run uses no video view)
     keys:   list of B sample keys ``{video_id}-{clip:04d}`` (``video_id`` may contain dashes)
     audio2: float32[B, N], a second, independent crop of the same clips' audio (two-crop runs), else None
 
@@ -91,20 +92,36 @@ def _seed_rng(*parts: int | str) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts])
 
 
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in a DataLoader worker it is allocated in shared memory, so the batch
+    crosses to the main process without the copy that pickling an ordinary tensor makes (as
+    ``default_collate`` does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
 def collate(
     items: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]], frame_shape: tuple[int, int, int]
 ) -> Batch:
     """``[(key, audio[N], audio2[N] | None, frames[T, H, W, 3] | None), ...]`` -> :class:`Batch`.
 
-    ``frame_shape`` is ``(T, H, W)``; frames are returned as ``uint8[B, T, 3, H, W]``
-    (``T = 0`` when no item carries frames).
+    ``frame_shape`` is ``(T, H, W)``; frames are returned as ``uint8[B, T, 3, H, W]`` (``T = 0`` when no
+    item carries frames), a channels-last view of ``uint8[B, T, H, W, 3]``: the layout conversion is
+    left to the consumer (``.float()``, ``.reshape`` or ``.contiguous()``; on the GPU when training there).
     """
-    audio = torch.from_numpy(np.stack([a for _, a, _, _ in items]))
-    audio2 = torch.from_numpy(np.stack([a2 for _, _, a2, _ in items])) if items[0][2] is not None else None
+    def stack(arrays: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
+        out = _empty((len(arrays), *arrays[0].shape), dtype)
+        np.stack(arrays, out=out.numpy())
+        return out
+
+    audio = stack([a for _, a, _, _ in items], torch.float32)
+    audio2 = stack([a2 for _, _, a2, _ in items], torch.float32) if items[0][2] is not None else None
     if items[0][3] is None:
         frames = torch.zeros((len(items), 0, 3, frame_shape[1], frame_shape[2]), dtype=torch.uint8)
     else:
-        frames = torch.from_numpy(np.stack([f for _, _, _, f in items])).permute(0, 1, 4, 2, 3).contiguous()
+        frames = stack([f for _, _, _, f in items], torch.uint8).permute(0, 1, 4, 2, 3)
     return Batch(audio=audio, frames=frames, keys=[k for k, _, _, _ in items], audio2=audio2)
 
 
@@ -171,11 +188,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         return len(range(slot, n, self.slots)) if every else n
 
     def _raw(self, p: int, slot: int) -> Iterator[dict[str, Any]]:
-        import webdataset as wds
+        from .shards import iter_samples
 
         idx, every = self._pass_plan(p, slot)
-        samples = wds.tarfile_to_samples(handler=_warn_and_continue)(iter([{"url": self.shards.urls[i]} for i in idx]))
-        for i, s in enumerate(samples):
+        for i, s in enumerate(iter_samples([self.shards.urls[i] for i in idx], handler=_warn_and_continue)):
             if not every or i % self.slots == slot:
                 yield s
 

@@ -103,7 +103,8 @@ def _spool_item(item: Item, cfg: Config, spool: Path, threads: int) -> ItemResul
             if item.labels:
                 meta["labels"] = list(item.labels)
             clip = Clip(f"{item.video_id}-{k:04d}", audio, sr, frames, fps, meta)
-            pickle.dump(encode_sample(clip, ic.frame_format, ic.jpeg_quality), f, protocol=pickle.HIGHEST_PROTOCOL)
+            sample = encode_sample(clip, ic.frame_format, ic.jpeg_quality, ic.audio_format)
+            pickle.dump(sample, f, protocol=pickle.HIGHEST_PROTOCOL)
             result.seconds.append(seconds)
     if reader.duration < ic.min_seconds - MIN_SECONDS_TOLERANCE:
         spool.unlink()
@@ -128,7 +129,8 @@ def _params(cfg: Config, num_nodes: int) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION, "sample_rate": cfg.audio.sample_rate, "fps": cfg.video.fps, "size": cfg.video.size,
         "clip_seconds": ic.clip_seconds, "min_seconds": ic.min_seconds, "frame_format": ic.frame_format,
-        "jpeg_quality": ic.jpeg_quality, "audio_only": ic.audio_only, "samples_per_shard": ic.samples_per_shard,
+        "jpeg_quality": ic.jpeg_quality, "audio_format": ic.audio_format, "audio_only": ic.audio_only,
+        "samples_per_shard": ic.samples_per_shard,
         "num_nodes": num_nodes,
     }  # fmt: skip
 
@@ -219,7 +221,9 @@ def _run(
     being yielded; items that finish early wait in their spool files, not in memory, so the output does not
     depend on the worker count or schedule. A worker's crash or a timeout becomes the item's skip record."""
     spools = [spool_dir / f"{i:08d}.spool" for i in range(len(items))]
-    tasks = [(item, cfg, spool, 1 if workers > 1 else 0) for i, (item, spool) in enumerate(zip(items, spools))
+    # a worker decodes and scales on one thread: parallelism comes from the workers, and threads cost CPU
+    # (one worker with a thread per core used ~20 % more CPU per clip; docs/benchmarks-ingest.md)
+    tasks = [(item, cfg, spool, 1 if workers else 0) for i, (item, spool) in enumerate(zip(items, spools))
              if i not in known]  # fmt: skip
     if workers == 0:
         outcomes: Iterator[ItemResult | Failure] = (process_item(*task) for task in tasks)

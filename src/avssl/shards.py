@@ -3,39 +3,42 @@
 A shard folder holds ``NNNNNN.tar`` files (WebDataset-compatible tar archives) and
 ``manifest.json``. A sample is a group of tar members sharing the key ``{video_id}-{clip:04d}``:
 
-- ``<key>.flac``  mono audio, 16-bit FLAC at ``sample_rate`` (lossless for 16-bit PCM)
+- audio, mono 16-bit at ``sample_rate``: ``<key>.flac`` (FLAC, the default) or ``<key>.pcm`` (raw
+  int16, json ``audio_format: "pcm"``; no json field means FLAC)
 - ``<key>.json``  metadata: source path, start and duration (seconds in the source), labels if
   any, plus the storage fields below
 - frames, one member whose extension names the format (absent for audio-only samples):
   ``<key>.jpgs`` one baseline JPEG per frame, concatenated (byte lengths in json
   ``frame_bytes``); ``<key>.npy`` raw ``uint8[T, H, W, 3]``; ``<key>.mp4`` an H.264 stream.
 
+The formats themselves (encoders, windowed decoders, what each costs) are :mod:`avssl.storage`.
 This module is the only place that knows the member layout: use :func:`encode_sample` /
 :func:`decode_sample` (and :func:`sample_info` to read a sample's lengths without decoding it),
-and :class:`ShardWriter` to write a shard sample by sample.
+:class:`ShardWriter` to write a shard sample by sample and :func:`iter_samples` to read shards.
 ``decode_sample`` takes the dict WebDataset yields without decoders (keys without the leading dot,
-values ``bytes``). It can decode a time window only (the JPEG frames of the window and a FLAC seek
-to its first sample) and skip the frames entirely: a training crop of 3 s from a 10 s clip costs
-about a third of a full decode.
+values ``bytes``). It can decode a time window only (the window's frames and audio samples) and
+skip the frames entirely: a training crop of 3 s from a 10 s clip costs about a third of a full decode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import mmap
 import os
 import tarfile
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from .storage import (AUDIO_FORMATS, AUDIO_MEMBER, FRAME_FORMATS, FRAME_MEMBER, StorageError, decode_audio,
+                      decode_frames, encode_audio, encode_frames)  # fmt: skip
+
 SCHEMA_VERSION = 1
-FRAME_FORMATS = ("jpeg", "raw", "h264")
-_FRAME_MEMBER = {"jpeg": "jpgs", "raw": "npy", "h264": "mp4"}
 MANIFEST = "manifest.json"
 
 
@@ -66,94 +69,19 @@ class Clip:
         return len(self.audio) / self.sample_rate
 
 
-def _encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    pcm = np.round(np.clip(audio, -1.0, 32767 / 32768) * 32768).astype(np.int16)
-    sf.write(buf, pcm, sample_rate, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
-
-
-def _decode_flac(data: bytes, start: int = 0, count: int = -1) -> tuple[np.ndarray, int, int]:
-    """``(float32[count] from sample start, sample rate, total samples in the stream)``; FLAC seeks are sample exact."""
-    import soundfile as sf
-
-    with sf.SoundFile(io.BytesIO(data)) as f:
-        total, rate = f.frames, f.samplerate
-        if start:
-            f.seek(min(start, total))
-        pcm = f.read(count, dtype="int16", always_2d=False)
-    return pcm.astype(np.float32) / 32768.0, int(rate), int(total)
-
-
-def _encode_jpegs(frames: np.ndarray, quality: int) -> tuple[bytes, list[int]]:
-    from PIL import Image
-
-    parts = []
-    for img in frames:
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
-        parts.append(buf.getvalue())
-    return b"".join(parts), [len(p) for p in parts]
-
-
-def _decode_jpegs(data: bytes, sizes: list[int], shape: tuple[int, int, int], first: int, stop: int) -> np.ndarray:
-    """Frames ``first:stop`` of the concatenated JPEGs (``sizes``: bytes per frame); the others are not decoded.
-
-    All frames of a sample come from one ``uint8[T, H, W, 3]`` array (:func:`_encode_jpegs`), so the
-    first frame's header is checked and the rest go straight to libjpeg (``Image.frombytes``: the
-    same decoder and pixels as ``Image.open``, without parsing each header in Python; ~2x faster).
-    """
-    from PIL import Image
-
-    if sum(sizes) != len(data):
-        raise ShardError(f"JPEG frame sizes add up to {sum(sizes)} bytes but the member holds {len(data)}")
-    ends = np.cumsum(sizes).tolist()
-    view = memoryview(data)
-    frame = lambda f: view[ends[f] - sizes[f] : ends[f]]  # noqa: E731
-    with Image.open(io.BytesIO(frame(first))) as im:
-        if im.mode != "RGB" or im.size != (shape[1], shape[0]):
-            raise ShardError(f"JPEG frame {first} is {im.mode} {im.size[0]}x{im.size[1]}, the metadata says RGB "
-                             f"{shape[1]}x{shape[0]}; re-ingest the shard")
-    out = np.empty((len(range(first, stop)), *shape), np.uint8)
-    for i, f in enumerate(range(first, stop)):
-        out[i] = np.asarray(Image.frombytes("RGB", (shape[1], shape[0]), bytes(frame(f)), "jpeg", "RGB", ""))
-    return out
-
-
-def _encode_h264(frames: np.ndarray, fps: float) -> bytes:
-    from .video import encode_video
-
-    buf = io.BytesIO()
-    encode_video(buf, frames, fps, container_format="mp4", deterministic=True)
-    return buf.getvalue()
-
-
-def _decode_h264(data: bytes, first: int, stop: int) -> np.ndarray:
-    """Frames ``first:stop``: decoded from the stream's start (temporal compression), stopping after ``stop``."""
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        return np.stack([f.to_ndarray(format="rgb24") for f in islice(container.decode(stream), stop)][first:])
-
-
-def _encode_npy(frames: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(frames, dtype=np.uint8), allow_pickle=False)
-    return buf.getvalue()
-
-
-def encode_sample(clip: Clip, frame_format: str = "jpeg", jpeg_quality: int = 90) -> dict[str, bytes]:
+def encode_sample(
+    clip: Clip, frame_format: str = "jpeg", jpeg_quality: int = 90, audio_format: str = "flac"
+) -> dict[str, bytes]:
     """A :class:`Clip` as a WebDataset sample dict (``"__key__"`` plus member extension -> bytes).
 
-    Audio is stored as 16-bit FLAC (round trip within 1/32768); frames in ``frame_format``
-    (``jpeg`` | ``raw`` | ``h264``; see the module docstring). Same clip, same bytes.
+    Audio is stored as 16-bit ``audio_format`` (``flac`` | ``pcm``; round trip within 1/32768, the same
+    values either way); frames in ``frame_format`` (``jpeg`` | ``raw`` | ``h264``; see :mod:`avssl.storage`).
+    Same clip, same bytes.
     """
-    if frame_format not in FRAME_FORMATS:
-        raise ShardError(f"unknown frame_format {frame_format!r}; use one of {', '.join(FRAME_FORMATS)}")
+    for name, value, valid in (("frame_format", frame_format, FRAME_FORMATS),
+                               ("audio_format", audio_format, AUDIO_FORMATS)):
+        if value not in valid:
+            raise ShardError(f"unknown {name} {value!r}; use one of {', '.join(valid)}")
     if "." in clip.key or "/" in clip.key:
         raise ShardError(f"sample key {clip.key!r} must not contain '.' or '/' (WebDataset splits on them)")
     audio = np.asarray(clip.audio, dtype=np.float32)
@@ -173,14 +101,12 @@ def encode_sample(clip: Clip, frame_format: str = "jpeg", jpeg_quality: int = 90
         frame_shape=[int(d) for d in frames.shape[1:]],
         frame_format=frame_format if len(frames) else None,
     )
-    sample = {"__key__": clip.key, "flac": _encode_flac(audio, clip.sample_rate)}
+    if audio_format != "flac":  # absent: FLAC (shards written before audio_format existed)
+        meta["audio_format"] = audio_format
+    sample = {"__key__": clip.key, AUDIO_MEMBER[audio_format]: encode_audio(audio, clip.sample_rate, audio_format)}
     if len(frames):
-        if frame_format == "jpeg":
-            sample["jpgs"], meta["frame_bytes"] = _encode_jpegs(frames, jpeg_quality)
-        elif frame_format == "raw":
-            sample["npy"] = _encode_npy(frames)
-        else:
-            sample["mp4"] = _encode_h264(frames, clip.fps)
+        sample[FRAME_MEMBER[frame_format]], extra = encode_frames(frames, frame_format, clip.fps, jpeg_quality)
+        meta.update(extra)
     sample["json"] = json.dumps(meta, sort_keys=True).encode()
     return sample
 
@@ -228,6 +154,111 @@ class ShardWriter:
         os.replace(self.tmp, self.path)
 
 
+def _tar_header(block: bytes) -> tuple[str, int, bytes]:
+    """``(name, size, type flag)`` of a 512-byte ustar header (checksum checked; sizes in octal)."""
+    try:
+        checksum = int(block[148:156].rstrip(b"\0 ") or b"0", 8)
+        size = int(block[124:136].rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        raise tarfile.ReadError("invalid tar header (a non-octal size or checksum)") from None
+    if checksum != sum(block[:148]) + 256 + sum(block[156:]):
+        raise tarfile.ReadError("tar header checksum mismatch")
+    name = block[:100].split(b"\0", 1)[0]
+    if block[257:262] == b"ustar" and block[345] != 0:
+        name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+    return name.decode("utf-8", "surrogateescape"), size, block[156:157]
+
+
+class _MappedShard:
+    """A local shard file, memory-mapped and read like a stream: ``read`` returns zero-copy memoryview slices,
+    so a sample costs no copy and no memory of its own until a decoder touches the bytes it needs."""
+
+    def __init__(self, path: str) -> None:
+        with open(path, "rb") as f:
+            self.view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        self.pos = 0
+
+    def read(self, n: int) -> memoryview:
+        out = self.view[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+def _open_shard(url: str):
+    """A context manager giving a readable stream of the shard: memory-mapped for a local file, else
+    WebDataset's ``gopen`` (URLs, ``pipe:`` commands)."""
+    from webdataset.gopen import gopen
+
+    if "://" not in url and not url.startswith("pipe:") and os.path.isfile(url) and os.path.getsize(url) > 0:
+        return contextlib.nullcontext(_MappedShard(url))
+    return gopen(url, "rb")
+
+
+def _tar_members(stream) -> Iterator[tuple[str, bytes | memoryview]]:
+    """``(name, data)`` of each regular file in a tar stream, in order; each member's data in one read.
+
+    Python's streaming ``tarfile`` (what WebDataset uses) reads members in 10 KiB blocks and parses
+    every header field: ~1 ms per 1.4 MB raw-frame sample. Long names come from a preceding POSIX
+    (pax) ``path`` record or a GNU long-name member; other non-file members are skipped.
+    """
+    long_name = None
+    while True:
+        block = bytes(stream.read(tarfile.BLOCKSIZE))
+        if len(block) < tarfile.BLOCKSIZE or block.count(0) == tarfile.BLOCKSIZE:
+            if block.count(0) != len(block):
+                raise tarfile.ReadError(f"truncated tar header ({len(block)} bytes)")
+            return  # end of archive
+        name, size, kind = _tar_header(block)
+        data = stream.read(size)
+        if len(data) < size:
+            raise tarfile.ReadError(f"{name}: truncated member ({len(data)} of {size} bytes)")
+        stream.read(-size % tarfile.BLOCKSIZE)
+        if kind == tarfile.XHDTYPE:
+            for record in bytes(data).decode("utf-8", "surrogateescape").split("\n"):
+                if " path=" in record:
+                    long_name = record.split(" path=", 1)[1]
+        elif kind == tarfile.GNUTYPE_LONGNAME:
+            long_name = bytes(data).rstrip(b"\0").decode("utf-8", "surrogateescape")
+        else:
+            if kind in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
+                yield long_name or name, data
+            long_name = None
+
+
+def iter_samples(urls: Iterable[str], handler: Callable[[Exception], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """The raw samples of shards ``urls`` (paths, URLs or ``pipe:`` commands: WebDataset's ``gopen``), in order.
+
+    Each is the dict WebDataset yields without decoders (``__key__``, ``__url__``, member extension ->
+    bytes; memoryview slices of a memory-mapped file for a local shard), the input of :func:`decode_sample`.
+    An unreadable shard (cannot be opened, truncated) raises,
+    or, when ``handler(exception)`` returns true, ends that shard's samples and the next shard is read.
+    """
+    from webdataset.tariterators import base_plus_ext, valid_sample
+
+    for url in urls:
+        current: dict[str, Any] | None = None
+        try:
+            with _open_shard(url) as stream:
+                for name, data in _tar_members(stream):
+                    prefix, suffix = base_plus_ext(name)
+                    if prefix is None or (prefix.startswith("__") and prefix.endswith("__")):
+                        continue
+                    if current is None or prefix != current["__key__"]:
+                        if valid_sample(current):
+                            yield current
+                        current = {"__key__": prefix, "__url__": url}
+                    suffix = suffix.lower()
+                    if suffix in current:
+                        raise ValueError(f"{name}: duplicate member")
+                    current[suffix] = data
+        except Exception as e:  # the sample being read may be incomplete: dropped
+            if handler is None or not handler(ValueError(f"{url}: {type(e).__name__}: {e}")):
+                raise
+            continue
+        if valid_sample(current):
+            yield current
+
+
 @dataclass(frozen=True)
 class SampleInfo:
     """A sample's stored lengths, read from its metadata without decoding audio or frames."""
@@ -242,10 +273,14 @@ class SampleInfo:
 
 def _meta(sample: dict[str, Any]) -> dict[str, Any]:
     key = sample.get("__key__", "?")
-    for member in ("json", "flac"):
-        if member not in sample:
-            raise ShardError(f"sample {key!r} has no {member!r} member (members: {sorted(sample)}); is this an avssl shard?")
-    return json.loads(sample["json"])
+    if "json" not in sample:
+        raise ShardError(f"sample {key!r} has no 'json' member (members: {sorted(sample)}); is this an avssl shard?")
+    meta = json.loads(bytes(sample["json"]))
+    member = AUDIO_MEMBER.get(meta.get("audio_format", "flac"))
+    if member not in sample:
+        raise ShardError(f"sample {key!r} has no {member or meta.get('audio_format')!r} member (members: "
+                         f"{sorted(sample)}); is this an avssl shard?")
+    return meta
 
 
 def sample_info(sample: dict[str, Any]) -> SampleInfo:
@@ -264,10 +299,12 @@ def decode_sample(
 
     Without ``start``/``seconds`` the whole clip is decoded. With them, only the window is (times in
     seconds from the stored clip's start): audio samples ``s0 = round(start * sample_rate)`` to
-    ``s0 + round(seconds * sample_rate)`` (a FLAC seek, sample exact) and ``round(seconds * fps)``
-    frames from the first one shown at or after ``start`` (``ceil(start * fps)``; other JPEGs are not
-    decoded, H.264 decodes up to the window's end). The window equals the same slice of a full
-    decode; it is cut short at the clip's end (no padding). The returned clip's times are relative
+    ``s0 + round(seconds * sample_rate)`` (a FLAC seek, sample exact; a PCM slice) and
+    ``round(seconds * fps)`` frames from the first one shown at or after ``start`` (``ceil(start * fps)``;
+    other JPEGs are not decoded, raw frames are sliced out of the bytes, H.264 decodes up to the
+    window's end). The window equals the same slice of a full decode; it is cut short at the clip's
+    end (no padding). ``raw`` frames are a read-only view of the sample's bytes (copy to modify them).
+    The returned clip's times are relative
     to the window (``meta["window_start"] = start``; frame 0 shows ``ceil(start * fps) / fps``, which
     is ``start`` when the window starts on a frame). ``frames=False`` decodes no frames (``T = 0``).
     """
@@ -283,31 +320,27 @@ def decode_sample(
     count = -1 if seconds is None else int(round(seconds * rate))
     f0 = min(num_frames, int(math.ceil(start * fps - 1e-6)))
     f1 = num_frames if seconds is None else min(num_frames, f0 + int(round(seconds * fps)))
-    audio, rate, total = _decode_flac(sample["flac"], s0, count)
-    shape = tuple(meta["frame_shape"])
+    audio_format = meta.get("audio_format", "flac")
     fmt = meta.get("frame_format")
-    member = _FRAME_MEMBER.get(fmt)
+    member = FRAME_MEMBER.get(fmt)
     if frames and f0 < f1 and member not in sample:
-        raise ShardError(f"sample {key!r} has no {member!r} member for its {fmt} frames (members: {sorted(sample)})")
-    if not frames or f0 >= f1:
-        video = np.zeros((0, *shape), np.uint8)
-    elif fmt == "jpeg":
-        video = _decode_jpegs(sample["jpgs"], meta["frame_bytes"], shape, f0, f1)
-    elif fmt == "raw":
-        video = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
-        if len(video) != num_frames:
-            raise ShardError(f"sample {key!r}: stores {len(video)} frames, metadata says {num_frames}")
-        video = video[f0:f1]
-    elif fmt == "h264":
-        video = _decode_h264(sample["mp4"], f0, f1)
-    else:
-        raise ShardError(f"sample {key!r}: unknown frame_format {fmt!r}")
+        raise ShardError(f"sample {key!r} has no {member or fmt!r} member for its {fmt} frames "
+                         f"(members: {sorted(sample)})")
+    try:
+        audio, total = decode_audio(sample[AUDIO_MEMBER[audio_format]], audio_format, s0, count)
+        if not frames or f0 >= f1:
+            video = np.zeros((0, *meta["frame_shape"]), np.uint8)
+        else:
+            video = decode_frames(sample[member], fmt, meta, f0, f1)
+    except StorageError as e:
+        raise ShardError(f"sample {key!r}: {e}") from None
     if (frames and len(video) != max(0, f1 - f0)) or total != num_samples:
         raise ShardError(
             f"sample {key!r}: decoded {len(video)} frames (of {f0}:{f1}) / {total} audio samples, "
             f"metadata says {num_frames} / {num_samples}"
         )
-    storage = ("key", "schema", "sample_rate", "num_samples", "fps", "num_frames", "frame_shape", "frame_format", "frame_bytes")
+    storage = ("key", "schema", "sample_rate", "num_samples", "fps", "num_frames", "frame_shape", "frame_format",
+               "frame_bytes", "audio_format")
     info = {k: v for k, v in meta.items() if k not in storage}
     if window:
         info["window_start"] = start
@@ -344,8 +377,6 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 def read_clips(folder: str | Path) -> list[Clip]:
     """Every sample of a finished shard folder (its manifest's shards, in order), decoded whole."""
-    import webdataset as wds
-
     folder = Path(folder)
     urls = [str(folder / shard["name"]) for shard in read_manifest(folder)["shards"]]
-    return [decode_sample(s) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    return [decode_sample(s) for s in iter_samples(urls)]

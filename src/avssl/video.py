@@ -145,7 +145,8 @@ class ClipReader:
             if vstream is not None:
                 vstream.codec_context.thread_count = self.threads
                 vstream.codec_context.thread_type = "AUTO" if self.threads != 1 else "SLICE"
-                sampler = FrameSampler(seg_begin, self.fps, self.size, vstream.sample_aspect_ratio, vstream.time_base)
+                sampler = FrameSampler(seg_begin, self.fps, self.size, vstream.sample_aspect_ratio, vstream.time_base,
+                                       self.threads)
                 if self.requested is not None:
                     sampler.limit = frame_count(self.requested, self.fps)
             asm = ClipAssembler(seg_begin, seg_end, rate, self.sample_rate, self.fps, self.size, sampler,
@@ -231,7 +232,7 @@ def decode_video(
     whole file. The covered duration is where audio and video overlap (the shorter stream wins),
     clipped to the requested segment. A file without a video stream raises
     ``MediaError(reason="audio-only")`` unless ``audio_only=True`` (then ``frames`` has T = 0).
-    ``threads``: FFmpeg video decoder threads (0 = one per core; use 1 inside worker pools).
+    ``threads``: FFmpeg video decoder and scaler threads (0 = one per core; use 1 inside worker pools).
     Raises :class:`MediaError` with a reason from ``REASONS`` for anything that cannot be ingested.
     The whole segment is held in memory: use :class:`ClipReader` to read long files clip by clip.
     """
