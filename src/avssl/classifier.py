@@ -1,8 +1,9 @@
 """A fine-tuned audio classifier for users: :func:`load_classifier` -> :class:`Classifier` (``avssl finetune`` makes
 the model file; ``avssl classify`` runs it over collections: :mod:`avssl.classify`).
 
-Imports only inference code. The classifier is an audio tower plus a linear head on the features ``embed()`` reads from each window (the
-config's ``embed.features``: the pooled last block, or every block's statistics), with the windowing rules of :class:`avssl.embed.Embedder`: audio
+Imports only inference code. The classifier is an audio tower plus a linear head on the features it reads from each window
+(``finetune.features``: every block's statistics, or the pooled last block, as ``embed()`` reads them), with the
+windowing rules of :class:`avssl.embed.Embedder`: audio
 of any length is cut into the same windows ``embed()`` uses (a clip shorter than a window is zero-padded at the
 end; longer clips get windows every ``window * (1 - overlap)`` seconds plus an end-aligned last one). Each window
 is scored (softmax over the labels, or a sigmoid per label for multi-label models) and a clip's scores are the
@@ -38,8 +39,8 @@ class WindowScores:
 
 
 class Head(nn.Sequential):
-    """The classification head: the window's features (the tower's read-out, ``embed.features``: its pooled last
-    block or every block's statistics) standardised, each with its mean and standard deviation over
+    """The classification head: the window's features (the tower's read-out, ``finetune.features``: every block's
+    statistics or its pooled last block) standardised, each with its mean and standard deviation over
     the training clips (a BatchNorm without learned scale whose statistics ``avssl finetune`` sets before training,
     as the linear probe standardises), and one linear layer to the labels."""
 
@@ -118,7 +119,7 @@ def classifier_from_state(state: dict[str, Any], *, device: str | torch.device |
     tower = model.towers[view]
     prefix = f"towers.{view}."
     tower.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
-    embedder = Embedder(tower, cfg, view, overlap=overlap)
+    embedder = Embedder(tower, cfg, view, overlap=overlap, features=cfg.finetune.features)
     head = Head(embedder.embedding_dim, len(state["labels"]))
     head.load_state_dict({k[len("head."):]: v for k, v in state["model"].items() if k.startswith("head.")})
     clf = Classifier(embedder, head, state["labels"], state["multilabel"], state.get("info"))

@@ -182,9 +182,10 @@ class FinetuneConfig:
     inference computes; or with each batch's own statistics (``batch``, the usual training mode)."""
 
     view: str = "spec"  # spec | wave: the audio tower to fine-tune
+    features: str = "layers"  # pooled | layers: the read-out the head sees (as embed.features; layers measured better)
     epochs: int = 30
     min_epoch_steps: int = 20
-    patience: int = 6  # 0: never stop early
+    patience: int = 10  # 0: never stop early
     batch_size: int = 32
     lr: float = 1e-3
     tower_lr_scale: float = 0.1
@@ -251,6 +252,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.precision": ("auto", "bf16", "fp32"),
     "embed.features": EMBED_FEATURES,
     "finetune.view": FINETUNE_VIEWS,
+    "finetune.features": EMBED_FEATURES,
     "finetune.bn_stats": ("task", "checkpoint", "batch"),
 }
 

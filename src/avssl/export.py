@@ -38,7 +38,9 @@ class _Scores(nn.Module):
         self.embedder, self.head, self.multilabel = clf.embedder, clf.head, clf.multilabel
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.embedder.forward_windows(audio)[0])
+        norm, linear = self.head  # the head's BatchNorm written out (its statistics as constants): the
+        x = self.embedder.forward_windows(audio)[0]  # exporter cannot size a BatchNorm after the layers' concat
+        logits = linear((x - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps))
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
 
 

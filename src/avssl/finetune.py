@@ -117,7 +117,7 @@ class _Run:
         fc = self.fc = cfg.finetune
         self.cfg, self.labels, self.multilabel = cfg, labels, multilabel
         self.tower = tower.train()
-        self.embedder = Embedder(tower, cfg, fc.view)  # the read-out of embed.features, as at inference
+        self.embedder = Embedder(tower, cfg, fc.view, features=fc.features)  # the windows and read-out of inference
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(fc.seed)
             self.head = Head(self.embedder.embedding_dim, len(labels))
