@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -30,3 +34,23 @@ def _one_thread():
     and oversubscribed threads spin (measured 10x slower steps on a loaded 2-core machine)."""
     torch.set_num_threads(1)
     yield
+
+
+def sigkill_when(args: list[str], log_path: Path, ready: Callable[[], bool]) -> int:
+    """Run ``python -m avssl ARGS`` (one torch thread, its own process group), SIGKILL the whole group as soon as
+    ``ready()`` holds (polled every 20 ms, bounded; the test fails if the run ends first) and return its exit code."""
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "avssl", *args], stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            for _ in range(20000):  # bounded poll (wait() returns early if the run ends)
+                if ready():
+                    break
+                with pytest.raises(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.02)
+            else:
+                pytest.fail("the run never reached the point to kill it at")
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ from avssl.finetune import finetune
 from avssl.tasks import load_task
 from avssl.tasks_base import TaskDataError
 from avssl.video import encode_audio
+from conftest import sigkill_when
 
 SR = 16000
 CLASSES = {"low, hum": 220.0, "mid tone": 880.0, "höch ♪": 3520.0}
@@ -109,9 +107,9 @@ def test_windows_scores_and_their_mean(full_run):
 
 
 def test_sigterm_mid_epoch_saves_and_resume_equals_uninterrupted(task_dir, full_run, tmp_path, monkeypatch):
-    from avssl import finetune as ft
+    from avssl.finetuner import Finetuner
 
-    step = ft._Run.step
+    step = Finetuner.step
 
     def step_then_signal(self, i, x, y):  # a preemption during step 11 (of 32; epochs are 8 steps)
         if i == 10:
@@ -119,9 +117,9 @@ def test_sigterm_mid_epoch_saves_and_resume_equals_uninterrupted(task_dir, full_
         return step(self, i, x, y)
 
     out = tmp_path / "term"
-    monkeypatch.setattr(ft._Run, "step", step_then_signal)
+    monkeypatch.setattr(Finetuner, "step", step_then_signal)
     res = run(task_dir, out)
-    monkeypatch.setattr(ft._Run, "step", step)
+    monkeypatch.setattr(Finetuner, "step", step)
     assert res == {"stopped": "SIGTERM", "step": 11} and not (out / "model.pt").exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     res = finetune("random-init:tiny", f"folder:{task_dir}", out, sets=FAST, seed=0, progress=False, resume=True)
@@ -136,24 +134,14 @@ def test_sigkill_then_resume_equals_uninterrupted(task_dir, full_run, tmp_path):
     out, kill_at = tmp_path / "killed", random.Random(0).randint(1, 2) * 8  # epochs are 8 steps; 4 in all
     args = ["finetune", "random-init:tiny", "--task", f"folder:{task_dir}", "--out", str(out), "--no-progress",
             "--seed", "0", *[a for kv in FAST for a in ("--set", kv)]]
-    with (tmp_path / "log.txt").open("w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "avssl", *args], stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    def ready() -> bool:
         try:
-            for _ in range(20000):  # bounded poll (wait() returns early if the run ends)
-                try:
-                    if load_checkpoint(out / "checkpoint.pt")["book"]["step"] >= kill_at:
-                        break
-                except CheckpointError:
-                    pass
-                with pytest.raises(subprocess.TimeoutExpired):
-                    proc.wait(timeout=0.02)
-            else:
-                pytest.fail("the run never reached the kill step")
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (out / "model.pt").exists()
+            return load_checkpoint(out / "checkpoint.pt")["book"]["step"] >= kill_at
+        except CheckpointError:  # not written yet
+            return False
+
+    returncode = sigkill_when(args, tmp_path / "log.txt", ready)
+    assert returncode == -signal.SIGKILL and not (out / "model.pt").exists()
     assert cli_main(args + ["--resume"]) == 0
     a, b = _weights(out / "model.pt"), _weights(full_run[0] / "model.pt")
     for k in b:

@@ -10,8 +10,6 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -25,6 +23,7 @@ from avssl.config import Config, ConfigError, load_config
 from avssl.data import DataError
 from avssl.models import build_model
 from avssl.train import embedding_metrics, pretrain
+from conftest import sigkill_when
 from test_data import FPS, SIZE, SR, planted_clip, write_shards
 
 BASE = [f"audio.sample_rate={SR}", f"video.fps={FPS}", f"video.size={SIZE}", "data.crop_seconds=0.5",
@@ -124,23 +123,10 @@ def test_sigkill_then_resume_equals_uninterrupted(full_run, shards, tmp_path):
     with a checkpoint every step (the kill may land inside a save), then ``--resume``."""
     out, kill_at = tmp_path / "killed", random.Random(0).randint(1, 3)  # >= 3 steps left: it cannot finish first
     sets = [a for kv in RUN + ["train.ckpt_every=1"] for a in ("--set", kv)]
-    cmd = [sys.executable, "-m", "avssl", "pretrain", "--config", "tiny", "--data", str(shards), "--out", str(out),
-           "--no-progress", *sets]
-    with (tmp_path / "log.txt").open("w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            for _ in range(20000):  # bounded poll (wait() returns early if the run ends)
-                if (out / "checkpoint.pt").exists() and any(r.get("step", 0) >= kill_at for r in _rows_so_far(out)):
-                    break
-                with pytest.raises(subprocess.TimeoutExpired):
-                    proc.wait(timeout=0.02)
-            else:
-                pytest.fail("the run never reached the kill step")
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    args = ["pretrain", "--config", "tiny", "--data", str(shards), "--out", str(out), "--no-progress", *sets]
+    returncode = sigkill_when(args, tmp_path / "log.txt", lambda: (out / "checkpoint.pt").exists() and any(
+        r.get("step", 0) >= kill_at for r in _rows_so_far(out)))
+    assert returncode == -signal.SIGKILL
     finished = [p for p in out.iterdir() if p.suffix == ".pt"]
     assert out / "checkpoint.pt" in finished
     for p in finished:  # whatever looks finished is complete; a cut save is only ever a hidden .tmp

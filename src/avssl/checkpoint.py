@@ -115,6 +115,21 @@ def config_of(path: str | Path):
     return Config.from_dict(load_checkpoint(path)["config"])
 
 
+def tower_state(state: dict[str, Any], view: str) -> dict[str, torch.Tensor]:
+    """The ``view`` tower's weights from a checkpoint's (or a classifier model file's) ``model`` state dict."""
+    prefix = f"towers.{view}."
+    return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+
+
+def architecture_config(target: str | Path):
+    """The :class:`avssl.config.Config` of a checkpoint file, or of a preset name / YAML file (``random-init:TARGET``
+    builds this architecture untrained)."""
+    from .config import load_config
+
+    is_ckpt = Path(target).is_file() and Path(target).suffix.lower() not in (".yaml", ".yml")
+    return config_of(target) if is_ckpt else load_config(target)
+
+
 def random_model(cfg, seed: int = 0, views: list[str] | None = None):
     """The :class:`avssl.models.AVModel` of ``cfg`` (only ``views`` towers if given), untrained, initialised
     from ``seed`` without touching the global RNG; eval mode."""

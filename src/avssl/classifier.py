@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .audio import load_audio
-from .checkpoint import load_classifier_state
+from .checkpoint import load_classifier_state, tower_state
 from .config import Config
 from .embed import AudioInput, Embedder
 from .models import build_model
@@ -117,8 +117,7 @@ def classifier_from_state(state: dict[str, Any], *, device: str | torch.device |
     view = state["view"]
     model = build_model(dc_replace(cfg, model=dc_replace(cfg.model, views=[view])))
     tower = model.towers[view]
-    prefix = f"towers.{view}."
-    tower.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+    tower.load_state_dict(tower_state(state, view))
     embedder = Embedder(tower, cfg, view, overlap=overlap, features=cfg.finetune.features)
     head = Head(embedder.embedding_dim, len(state["labels"]))
     head.load_state_dict({k[len("head."):]: v for k, v in state["model"].items() if k.startswith("head.")})

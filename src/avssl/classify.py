@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import file_sha1
-from .classifier import Classifier, load_classifier
+from .checkpoint import file_sha1, load_classifier_state
+from .classifier import Classifier, classifier_from_state
 from .collection import FILE_TIMEOUT, _cores, add_file_timeout_argument, collect_inputs, decoded, in_order, tower_threads
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,12 @@ def classify_collection(model: str | Path, inputs: list[str | Path], out: str | 
         raise ValueError(f"--out {out}: use a .csv or .jsonl file name")
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
-    clf = load_classifier(model, device=device)
+    state = load_classifier_state(model)
+    clf = classifier_from_state(state, device=device)
     if hop is not None:
         if not 0 < hop <= clf.window_seconds:
             raise ValueError(f"--hop {hop}: use 0 < hop <= the model's window, {clf.window_seconds:g} s")
-        clf = load_classifier(model, device=device, overlap=1 - hop / clf.window_seconds)
+        clf = classifier_from_state(state, device=device, overlap=1 - hop / clf.window_seconds)
     top_k = min(top_k, len(clf.labels))
     settings = {"model_sha1": file_sha1(model), "top_k": top_k, "threshold": threshold, "timestamps": timestamps,
                 "hop": hop}

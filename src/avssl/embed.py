@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .audio import load_audio, pcm_to_float, resample
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, tower_state
 from .config import EMBED_FEATURES, Config
 from .models import AUDIO_VIEWS, build_model
 from .models.layers import layer_stats, pool_time
@@ -334,9 +334,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None, view:
     if view not in cfg.model.views:
         raise ValueError(f"{path}: checkpoint has views {cfg.model.views}, not {view!r}; pass view= one of them")
     model = build_model(replace(cfg, model=replace(cfg.model, views=[view])))
-    prefix = f"towers.{view}."
-    tower_state = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    model.towers[view].load_state_dict(tower_state)
+    model.towers[view].load_state_dict(tower_state(state, view))
     device = torch.device(device or ("cpu" if int8 else "cuda" if torch.cuda.is_available() else "cpu"))
     if int8 and device.type != "cpu":
         raise ValueError(f"int8=True runs on the CPU only; got device={device}")

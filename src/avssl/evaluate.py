@@ -73,15 +73,11 @@ def resolve_model(spec: str, *, device: str | None = None, view: str = "spec", s
     window other than that default is part of the cache id."""
     if spec in BASELINES:
         return ModelRef(spec, f"{spec}-{_config_hash(AudioConfig())}", StatsBaseline(spec))
-    from .config import load_config
-
     if spec.startswith("random-init:"):
-        from .checkpoint import config_of, random_model
+        from .checkpoint import architecture_config, random_model
         from .embed import Embedder
 
-        target = spec.split(":", 1)[1]
-        is_ckpt = Path(target).is_file() and Path(target).suffix.lower() not in (".yaml", ".yml")
-        cfg = config_of(target) if is_ckpt else load_config(target)
+        cfg = architecture_config(spec.split(":", 1)[1])
         if view not in cfg.model.views:
             raise ValueError(f"{spec}: the architecture has views {cfg.model.views}, not {view!r}; use --view")
         model = random_model(cfg, seed, views=[view])

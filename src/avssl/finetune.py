@@ -18,7 +18,6 @@ checkpoint stopped: a killed and resumed run ends with the same weights as an un
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -31,13 +30,11 @@ import torch
 from torch import nn
 
 from .atomic import write_text
-from .checkpoint import (CHECKPOINT, CheckpointError, load_checkpoint, load_for_resume, random_model, save_classifier,
-                         save_rotating)
-from .classifier import Classifier, Head
-from .config import Config, ConfigError, FinetuneConfig, apply_overrides, load_config, parse_set, preset_path, save_config
-from .embed import Embedder
+from .checkpoint import (CHECKPOINT, CheckpointError, architecture_config, load_checkpoint, load_for_resume,
+                         random_model, save_classifier, save_rotating, tower_state)
+from .config import Config, ConfigError, FinetuneConfig, apply_overrides, parse_set, preset_path, save_config
 from .finetune_data import Split, batch_indices, decode_examples, pick_fold, random_crops, split_task
-from .models.spec import SpecMask
+from .finetuner import Finetuner
 from .probe import classification_metrics
 from .tasks import default_data_root, load_task
 from .train import MetricsWriter, stop_on_signals
@@ -84,10 +81,7 @@ def starting_point(spec: str, overrides: dict[str, Any]) -> tuple[Config, nn.Mod
     """``(config, tower)`` from a checkpoint path or ``random-init:PRESET_OR_CKPT`` (the architecture untrained,
     initialised with ``finetune.seed``), with ``overrides`` applied to its config."""
     if spec.startswith("random-init:"):
-        target = spec.split(":", 1)[1]
-        is_ckpt = Path(target).is_file() and Path(target).suffix.lower() not in (".yaml", ".yml")
-        cfg = Config.from_dict(load_checkpoint(target)["config"]) if is_ckpt else load_config(target)
-        state = None
+        cfg, state = architecture_config(spec.split(":", 1)[1]), None
     else:
         state = load_checkpoint(spec)
         cfg = Config.from_dict(state["config"])
@@ -98,121 +92,11 @@ def starting_point(spec: str, overrides: dict[str, Any]) -> tuple[Config, nn.Mod
         raise ConfigError(f"{spec}: the model has views {cfg.model.views}, not finetune.view={view!r}")
     tower = random_model(cfg, cfg.finetune.seed, views=[view]).towers[view]
     if state is not None:
-        prefix = f"towers.{view}."
-        tower.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+        tower.load_state_dict(tower_state(state, view))
     return cfg, tower
 
 
 # ---------------------------------------------------------------------------------------- the run
-
-
-def _batchnorms(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-class _Run:
-    """Tower, head, optimizer and the generator of crops, mixup and masks; the training step and validation."""
-
-    def __init__(self, cfg: Config, tower: nn.Module, labels: list[str], multilabel: bool, steps_per_epoch: int):
-        fc = self.fc = cfg.finetune
-        self.cfg, self.labels, self.multilabel = cfg, labels, multilabel
-        self.tower = tower.train()
-        self.embedder = Embedder(tower, cfg, fc.view, features=fc.features)  # the windows and read-out of inference
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(fc.seed)
-            self.head = Head(self.embedder.embedding_dim, len(labels))
-        self.dropout = nn.Dropout(fc.head_dropout)
-        self.generator = torch.Generator().manual_seed(fc.seed)
-        if fc.spec_mask and hasattr(tower, "mask"):  # the spectrogram tower: SpecAugment-style stripes in training
-            tower.mask = SpecMask(fc.seed)
-            tower.mask.use_generator(self.generator)
-        groups = [{"params": list(self.head.parameters()), "lr": fc.lr}]
-        if fc.tower_lr_scale > 0:
-            groups.append({"params": list(tower.parameters()), "lr": fc.lr * fc.tower_lr_scale})
-        else:
-            tower.requires_grad_(False)
-        self.base_lrs = [g["lr"] for g in groups]
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=fc.weight_decay)
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = fc.epochs * steps_per_epoch
-        self.warmup = int(round(fc.warmup_epochs * steps_per_epoch))
-        self.classifier = Classifier(self.embedder, self.head, labels, multilabel)
-        self.train_mode()
-
-    def train_mode(self) -> None:
-        """Tower and head in training mode, the tower's BatchNorm layers in eval mode unless ``bn_stats=batch``
-        (the head standardises each batch, and keeps running statistics for inference, as it learns)."""
-        self.tower.train()
-        self.head.train()
-        if self.fc.bn_stats != "batch":
-            for m in _batchnorms(self.tower):
-                m.eval()
-
-    @torch.no_grad()
-    def estimate_bn_stats(self, clips: list[np.ndarray], window: int) -> None:
-        """Set BatchNorm statistics to their averages over one random window of each training clip (batches of
-        ``batch_size``, nothing else in training mode, a generator of its own): the head's always (its
-        standardisation), the tower's too with ``bn_stats=task``."""
-        g = torch.Generator().manual_seed(self.fc.seed + 1)
-        bns = _batchnorms(self.head) + (_batchnorms(self.tower) if self.fc.bn_stats == "task" else [])
-        momenta = [m.momentum for m in bns]
-        self.tower.eval()
-        self.head.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the batches
-            m.train()
-        for i in range(0, len(clips), self.fc.batch_size):
-            self.head[0](self.embedder.forward_windows(random_crops(clips[i : i + self.fc.batch_size], window, g))[0])
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        self.train_mode()
-
-    def lr_factor(self, step: int) -> float:
-        """Linear warm-up to the base rate, then cosine decay to 0 at the end of the budget."""
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - self.warmup) / max(1, self.total_steps - self.warmup)))
-
-    def step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One optimizer step on crops ``x[B, window]`` with targets ``y`` (class ids or multi-hot); the loss."""
-        fc = self.fc
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * self.lr_factor(step)
-        target = y.float() if self.multilabel else nn.functional.one_hot(y, len(self.labels)).float()
-        if fc.mixup_alpha > 0:  # mixup: each clip with a partner of the batch, targets mixed alike
-            lam = torch.distributions.Beta(fc.mixup_alpha, fc.mixup_alpha).sample((len(x),)).clamp(0, 1)
-            partner = torch.randperm(len(x), generator=self.generator)
-            lam = torch.maximum(lam, 1 - lam)  # the clip stays the larger part (as pretraining's mixup)
-            x = lam[:, None] * x + (1 - lam[:, None]) * x[partner]
-            target = lam[:, None] * target + (1 - lam[:, None]) * target[partner]
-        logits = self.head(self.dropout(self.embedder.forward_windows(x)[0]))
-        if self.multilabel:
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
-        else:
-            loss = -(target * logits.log_softmax(-1)).sum(-1).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if fc.grad_clip > 0:
-            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], fc.grad_clip)
-        self.optimizer.step()
-        return loss.item()
-
-    def scores(self, clips: list[np.ndarray]) -> np.ndarray:
-        """Scores of whole clips as :meth:`Classifier.predict` gives them (eval mode, every window)."""
-        self.classifier.eval()
-        try:
-            sr = self.classifier.sample_rate
-            return np.concatenate([self.classifier.predict(clips[i : i + 64], sr) for i in range(0, len(clips), 64)])
-        finally:
-            self.train_mode()
-
-    def weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {"tower": copy.deepcopy(self.tower.state_dict()), "head": copy.deepcopy(self.head.state_dict())}
-
-    def load_weights(self, w: dict[str, dict[str, torch.Tensor]]) -> None:
-        self.tower.load_state_dict(w["tower"])
-        self.head.load_state_dict(w["head"])
 
 
 def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Path | None = None,
@@ -240,7 +124,7 @@ def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Pa
     n = len(split.train)
     steps_per_epoch = max(math.ceil(n / fc.batch_size), fc.min_epoch_steps)
     torch.manual_seed(fc.seed)  # dropout and mixup's Beta draws (saved in checkpoints)
-    run = _Run(cfg, tower, task.classes, task.multilabel, steps_per_epoch)
+    run = Finetuner(cfg, tower, task.classes, task.multilabel, steps_per_epoch)
     book = {"step": 0, "best": None, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "loss_sum": 0.0,
             "early_stop": False, "seconds": 0.0}
     if state is not None:
@@ -281,7 +165,7 @@ def _labelled_clips(task_name: str, data_root, fold: str | None, fc: FinetuneCon
     return task, split, clips, skipped
 
 
-def _train(run: _Run, book: dict, out: Path, task, train_clips: list[np.ndarray], train_y: np.ndarray,
+def _train(run: Finetuner, book: dict, out: Path, task, train_clips: list[np.ndarray], train_y: np.ndarray,
            valid_clips: list[np.ndarray], valid_y: np.ndarray, progress: bool) -> str | None:
     """Step until the budget is spent or early stopping says stop, validating and checkpointing every epoch;
     returns the signal that stopped it early (after a checkpoint), else None."""
@@ -336,7 +220,7 @@ def _check_split(task, split: Split, skipped: list[dict]) -> None:
                          f"({len(skipped)} clips skipped: see skipped.jsonl)")
 
 
-def _end_epoch(run: _Run, book: dict, task, valid_y: np.ndarray, valid_clips: list[np.ndarray],
+def _end_epoch(run: Finetuner, book: dict, task, valid_y: np.ndarray, valid_clips: list[np.ndarray],
                writer: MetricsWriter, bar) -> bool:
     """Validate, log the epoch, keep the best weights; True when early stopping says stop."""
     epoch = book["step"] // run.steps_per_epoch
@@ -360,7 +244,7 @@ def _end_epoch(run: _Run, book: dict, task, valid_y: np.ndarray, valid_clips: li
     return run.fc.patience > 0 and book["bad_epochs"] >= run.fc.patience
 
 
-def _finish(run: _Run, book: dict, task, split: Split, clips: dict, skipped: list[dict], cfg: Config, source: str,
+def _finish(run: Finetuner, book: dict, task, split: Split, clips: dict, skipped: list[dict], cfg: Config, source: str,
             out: Path, fold: str | None) -> dict[str, Any]:
     """Write the best epoch as ``model.pt``, score it on the test clips, write ``results.json``."""
     if book["best"] is not None:
