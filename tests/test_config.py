@@ -92,3 +92,10 @@ def test_choices_agree_with_the_modules_that_act_on_them():
     assert CHOICES["model.views"] == VIEWS and CHOICES["embed.features"] == EMBED_FEATURES
     assert set(CHOICES["model.video_depth"]) == set(RESNET_LAYERS)
 
+
+
+@pytest.mark.parametrize("setting", ["finetune.batch_size=1", "finetune.valid_share=1.0", "finetune.lr=.nan",
+                                     "finetune.head_dropout=1.0", "finetune.bn_stats=frozen"])
+def test_finetune_section_is_checked_at_load(setting):
+    with pytest.raises(ConfigError, match=setting.split("=")[0]):
+        load_config("tiny", [setting])

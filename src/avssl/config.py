@@ -200,6 +200,19 @@ class FinetuneConfig:
     bn_stats: str = "task"  # task | checkpoint | batch: the tower's BatchNorm statistics (docs/finetune.md)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Range checks (a choice is checked with :data:`CHOICES`); NaN fails every rule."""
+        rules = [("epochs", self.epochs >= 1), ("min_epoch_steps", self.min_epoch_steps >= 1),
+                 ("patience", self.patience >= 0), ("batch_size", self.batch_size >= 2), ("lr", self.lr > 0),
+                 ("tower_lr_scale", self.tower_lr_scale >= 0), ("weight_decay", self.weight_decay >= 0),
+                 ("warmup_epochs", self.warmup_epochs >= 0), ("grad_clip", self.grad_clip >= 0),
+                 ("mixup_alpha", self.mixup_alpha >= 0), ("head_dropout", 0 <= self.head_dropout < 1),
+                 ("valid_share", 0 < self.valid_share < 1), ("labels_per_class", self.labels_per_class >= 0)]
+        for key, ok in rules:
+            if not ok:
+                raise ConfigError(f"finetune.{key}={getattr(self, key)!r} is out of range (docs/finetune.md lists "
+                                  "each setting)")
+
 
 @dataclass
 class Config:

@@ -48,19 +48,6 @@ TUNABLE = ("finetune", "embed")  # the config sections a fine-tuning run may cha
 # ---------------------------------------------------------------------------------------- config and start
 
 
-def check_finetune(fc: FinetuneConfig) -> None:
-    """Range checks of the ``finetune`` section; :class:`ConfigError` names the key."""
-    rules = [("epochs", fc.epochs >= 1), ("min_epoch_steps", fc.min_epoch_steps >= 1), ("patience", fc.patience >= 0),
-             ("batch_size", fc.batch_size >= 2), ("lr", fc.lr > 0), ("tower_lr_scale", fc.tower_lr_scale >= 0),
-             ("weight_decay", fc.weight_decay >= 0), ("warmup_epochs", fc.warmup_epochs >= 0),
-             ("grad_clip", fc.grad_clip >= 0), ("mixup_alpha", fc.mixup_alpha >= 0),
-             ("head_dropout", 0 <= fc.head_dropout < 1), ("valid_share", 0 < fc.valid_share < 1),
-             ("labels_per_class", fc.labels_per_class >= 0)]
-    for key, ok in rules:
-        if not ok:
-            raise ConfigError(f"finetune.{key}={getattr(fc, key)!r} is out of range (docs/finetune.md lists each setting)")
-
-
 def tuning_overrides(config: str | None, sets: list[str]) -> dict[str, Any]:
     """The ``finetune``/``embed`` sections of a preset or YAML file plus ``--set`` overrides; other keys are refused
     (the architecture and front-end are the checkpoint's)."""
@@ -86,7 +73,6 @@ def starting_point(spec: str, overrides: dict[str, Any]) -> tuple[Config, nn.Mod
         state = load_checkpoint(spec)
         cfg = Config.from_dict(state["config"])
     cfg = apply_overrides(cfg, overrides)
-    check_finetune(cfg.finetune)
     view = cfg.finetune.view
     if view not in cfg.model.views:
         raise ConfigError(f"{spec}: the model has views {cfg.model.views}, not finetune.view={view!r}")
