@@ -3,7 +3,7 @@ beside reference architectures users would otherwise run, on 1 and 2 CPU threads
 
 The references (a VGGish-style CNN, PANNs CNN14, an OpenL3-style audio CNN) are built here with RANDOM
 weights at their published input settings (rate, front-end, window framing): an architecture-only speed
-comparison, not a quality one. Every front-end is a log-mel ``avssl.audio.LogMel`` with that model's
+comparison, not a quality one. Every front-end is a log-mel ``avssl.media.audio.LogMel`` with that model's
 settings; resampling and decoding are excluded for everyone (inputs are already at each model's rate).
 
 Rows per avssl preset:
@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from avssl.audio import LogMel
+from avssl.media.audio import LogMel
 from avssl.config import AudioConfig, load_config
-from avssl.embed import Embedder
+from avssl.embed.embedder import Embedder
 from avssl.export import export_onnx
 from avssl.models import build_model
 

@@ -1,4 +1,4 @@
-"""Windows per tower call (``Embedder.batch_size``) against the default (``avssl.embed.CPU_BATCH``), by CPU time.
+"""Windows per tower call (``Embedder.batch_size``) against the default (``avssl.embed.embedder.CPU_BATCH``), by CPU time.
 
 For each preset (random-init ``tiny`` and ``small`` checkpoints built here), ``embed()`` is timed with 8, 16 and
 32 windows per call on two inputs, interleaved over ``--repeats`` rounds: ``--files`` real Opus files one call
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avssl.audio import load_audio
-from avssl.embed import CPU_BATCH, load_model
+from avssl.media.audio import load_audio
+from avssl.embed.embedder import CPU_BATCH, load_model
 from speed import machine, make_checkpoint
 
 SIZES = (8, 16, 32)

@@ -5,7 +5,7 @@
     python benchmarks/ingest.py memory [--minutes 1 10 60] [--videos DIR]  # peak RSS per video length
 
 ``speed`` compares, on the same cores and the same inputs:
-  ours:  ``avssl.ingest.ingest`` (decode, align, scale in swscale, encode, write tar shards)
+  ours:  ``avssl.ingest.run.ingest`` (decode, align, scale in swscale, encode, write tar shards)
   (a)    the two-step FFmpeg command line of research pipelines: per video one ``ffmpeg`` call for
          16 kHz mono wav, one for frames at the target fps and size (JPEG), then packing into tars
   (b)    PyAV decoding every audio and video frame of the same streams and doing nothing else (ingest
@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from avssl.config import load_config
-from avssl.ingest import ingest, media_files
-from avssl.shards import Clip, decode_sample, encode_sample
-from avssl.video import decode_video, encode_video
+from avssl.ingest.run import ingest, media_files
+from avssl.data.shards import Clip, decode_sample, encode_sample
+from avssl.media.video import decode_video, encode_video
 
 _B = "(b) PyAV decode of every frame, nothing else"
 DEFAULT_DATA = Path(os.environ.get("AVSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -183,7 +183,7 @@ _SRC_CODE = """
 import json, resource, sys, time
 from pathlib import Path
 from avssl.config import load_config
-from avssl.ingest import ingest
+from avssl.ingest.run import ingest
 def cpu():
     a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
@@ -293,7 +293,7 @@ def _generate_long(path: Path, minutes: float) -> Path:
 def _child_peak_rss(video: Path | None, out: Path) -> dict:
     """Run ingest of ``video`` (or only the imports, when None) in a fresh process; its peak RSS in MiB."""
     code = ("import json, resource, sys, time\n"
-            "from avssl.config import load_config\nfrom avssl.ingest import ingest\n"
+            "from avssl.config import load_config\nfrom avssl.ingest.run import ingest\n"
             "t0 = time.perf_counter()\n"
             "m = ingest([sys.argv[1]], sys.argv[2], load_config(None, []), workers=1, progress=False) if sys.argv[1] else {}\n"
             "rss = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))\n"

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from avssl.config import load_config
-from avssl.ingest import ingest
-from avssl.video import encode_video
+from avssl.ingest.run import ingest
+from avssl.media.video import encode_video
 
 from ingest import DEFAULT_DATA  # noqa: E402  (benchmarks/ is the script's folder)
 

@@ -1,7 +1,7 @@
 """Probe accuracy and embedding time of a checkpoint with and without ``int8=True`` on the shared real tasks.
 
 Same tasks, probes, folds and seeds as ``avssl eval CKPT --suite shared`` (it calls the same functions of
-``avssl.evaluate``); the two encoders are interleaved task by task on the same decoded audio.
+``avssl.evaluate.run``); the two encoders are interleaved task by task on the same decoded audio.
 
 Usage: ``python benchmarks/int8_probe.py CKPT [--data-root ../shared/data] [--out DIR] [--threads 1]``.
 Prints a markdown table and one JSON line.
@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from avssl.checkpoint import file_sha1
-from avssl.embed import load_model
-from avssl.evaluate import AudioCache, ModelRef, embed_task
-from avssl.probe import run_probes
-from avssl.tasks import load_task, shared_tasks
+from avssl.embed.embedder import load_model
+from avssl.evaluate.run import AudioCache, ModelRef, embed_task
+from avssl.evaluate.probe import run_probes
+from avssl.evaluate.tasks import load_task, shared_tasks
 
 
 def main() -> None:

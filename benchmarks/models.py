@@ -30,8 +30,8 @@ import time
 import torch
 
 from avssl.config import Config, load_config
-from avssl.flops import count_flops
-from avssl.losses import ContrastiveLoss
+from avssl.train.flops import count_flops
+from avssl.train.losses import ContrastiveLoss
 from avssl.models import build_model, create_model, tower_name
 
 RESOLUTIONS = (32, 64, 112, 224)

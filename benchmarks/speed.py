@@ -13,7 +13,7 @@ Cases per preset (random-init ``tiny`` and ``small`` checkpoints built here from
   overlap), ``batch_size`` windows per call, as one tensor prepared beforehand (the bare-tower baseline);
 * ``embed()``, ``embed_timestamps()``, ``embed_with_timestamps()`` on those clips (numpy in); ``embed() int8``
   with ``load_model(..., int8=True)`` (its GFLOP/s counts the float32 tower's FLOPs: an equivalent rate);
-  ``embed() 32 windows per call`` with ``batch_size=32`` (the default before ``avssl.embed.CPU_BATCH``);
+  ``embed() 32 windows per call`` with ``batch_size=32`` (the default before ``avssl.embed.embedder.CPU_BATCH``);
 * ``hear scene`` / ``hear timestamps``: the HEAR functions on the same clips (torch tensor in);
 * ``onnx``: the exported tower (``avssl.export``) under onnxruntime on the same windows, with the runtime's
   default session options (``onnx default``) and with ``avssl.export.onnx_session`` (``onnx tuned``);
@@ -47,10 +47,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from avssl import hear
-from avssl.audio import load_audio
+from avssl.media.audio import load_audio
 from avssl.checkpoint import save_checkpoint
 from avssl.config import load_config
-from avssl.embed import CPU_BATCH, Embedder, load_model
+from avssl.embed.embedder import CPU_BATCH, Embedder, load_model
 from avssl.export import export_onnx, onnx_session
 from avssl.models import build_model
 

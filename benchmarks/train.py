@@ -5,12 +5,12 @@
         --videos-from ../shared/data/avepm/pretrain.txt --storage jpeg/flac raw/pcm        # real clips, CPU
     python benchmarks/train.py --presets paper --device cuda --workers 1 4 8 --max-batch 4096   # on a GPU
 
-Per preset, on shards that ``avssl.ingest`` writes at the preset's ingest parameters from generated
+Per preset, on shards that ``avssl.ingest.run`` writes at the preset's ingest parameters from generated
 videos (tones + moving noise: the worst case for JPEG) or, with ``--videos-from``, from real videos
 (a folder or a list file), once per ``--storage`` (``FRAMES/AUDIO``: ``ingest.frame_format`` /
 ``ingest.audio_format``; bytes per clip-second and the disk for 2 M clips are printed first):
 
-``loader``   clips/s of ``avssl.data.make_loader`` (shard read, windowed decode, aligned crop, collate,
+``loader``   clips/s of ``avssl.data.stream.make_loader`` (shard read, windowed decode, aligned crop, collate,
              and with W >= 1 the hand-over from the worker processes) with W DataLoader workers,
              after the first batch (worker start-up excluded); ``--rounds`` interleaved rounds, medians.
              Per-worker rate = clips/s / W (W = 0: decoding in the main process). The baseline row is
@@ -19,14 +19,14 @@ videos (tones + moving noise: the worst case for JPEG) or, with ``--videos-from`
              The headline: worker cores per GPU = the GPU's clips/s / per-worker clips/s, for the
              measured trainer (``trainer`` part on CUDA) and each ``--gpu-rates`` (default 1906: the
              paper preset compiled on an H200 today, 3400: the 35 % MFU target).
-``decode``   ms per clip of ``avssl.shards.decode_sample`` on one shard sample per storage: whole clip,
+``decode``   ms per clip of ``avssl.data.shards.decode_sample`` on one shard sample per storage: whole clip,
              the crop window, the crop window without frames (audio-only runs).
-``trainer``  clips/s of ``avssl.train.Trainer.step`` (augment + mix, every view forward, InfoNCE,
+``trainer``  clips/s of ``avssl.train.trainer.Trainer.step`` (augment + mix, every view forward, InfoNCE,
              backward, clipping, optimizer) on device-resident batches: what the loop consumes.
              On CUDA also the model FLOPs per step (``torch.utils.flop_counter``) and MFU against
              ``--peak-tflops`` (default 989: H100/H200 SXM dense bf16); ``--max-batch N`` doubles the
              batch from the preset's until N or out of memory and reports each size.
-``e2e``      ``avssl.train.pretrain`` on the last ``--storage``'s shards: clips/s and the data-wait share
+``e2e``      ``avssl.train.pretrain.pretrain`` on the last ``--storage``'s shards: clips/s and the data-wait share
              of the last logged interval (the loop's own metrics).
 Results print as Markdown tables (paste into docs/benchmarks-train.md).
 """
@@ -48,13 +48,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import avssl.data
+import avssl.data.stream
 from avssl.config import Config, load_config
-from avssl.data import Batch, make_loader
-from avssl.ingest import ingest
-from avssl.shards import decode_sample, iter_samples, read_manifest
-from avssl.train import Trainer, plan_views, pretrain
-from avssl.video import encode_video
+from avssl.data.stream import Batch, make_loader
+from avssl.ingest.run import ingest
+from avssl.data.shards import decode_sample, iter_samples, read_manifest
+from avssl.train.pretrain.pretrain import Trainer, plan_views, pretrain
+from avssl.media.video import encode_video
 
 
 def machine(device: torch.device) -> str:
@@ -123,7 +123,7 @@ def loader_as_of_6ac834b():
     def raw(self, p, slot):
         idx, every = self._pass_plan(p, slot)
         urls = iter([{"url": self.shards.urls[i]} for i in idx])
-        for i, s in enumerate(wds.tarfile_to_samples(handler=avssl.data._warn_and_continue)(urls)):
+        for i, s in enumerate(wds.tarfile_to_samples(handler=avssl.data.stream._warn_and_continue)(urls)):
             if not every or i % self.slots == slot:
                 yield s
 
@@ -136,12 +136,12 @@ def loader_as_of_6ac834b():
             frames = torch.from_numpy(np.stack([f for _, _, _, f in items])).permute(0, 1, 4, 2, 3).contiguous()
         return Batch(audio=audio, frames=frames, keys=[k for k, _, _, _ in items], audio2=audio2)
 
-    saved = avssl.data.ShardStream._raw, avssl.data.collate
-    avssl.data.ShardStream._raw, avssl.data.collate = raw, collate
+    saved = avssl.data.stream.ShardStream._raw, avssl.data.stream.collate
+    avssl.data.stream.ShardStream._raw, avssl.data.stream.collate = raw, collate
     try:
         yield
     finally:
-        avssl.data.ShardStream._raw, avssl.data.collate = saved
+        avssl.data.stream.ShardStream._raw, avssl.data.stream.collate = saved
 
 
 def bench_loader(cfg: Config, shards: Path, workers: int, batches: int, baseline: bool = False) -> float:

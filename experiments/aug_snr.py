@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avssl.augment import _frame_augment, as_float_frames
+from avssl.data.augment import _frame_augment, as_float_frames
 from avssl.checkpoint import model_from_checkpoint, random_model
 from avssl.config import load_config
-from avssl.crops import crop_clip
-from avssl.shards import read_clips
+from avssl.data.crops import crop_clip
+from avssl.data.shards import read_clips
 
 SETTINGS = {
     "crop 0.6": {"frame_crop_scale": 0.6, "frame_flip": False, "color_jitter": 0.0},

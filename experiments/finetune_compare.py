@@ -6,9 +6,9 @@ vs the checkpoint's linear probe, on the same splits, with several seeds, and in
 
 Every cell is one ``avssl finetune`` run in its own folder (``DIR/runs/TASK-kK-sS-{pretrained,random}``), run as a
 subprocess with one torch thread, ``--jobs`` at a time; a rerun skips finished cells. ``--labels 0`` is every
-training clip; ``k > 0`` keeps k per class (the draw follows the seed). The linear probe (``avssl.probe.probe``)
+training clip; ``k > 0`` keeps k per class (the draw follows the seed). The linear probe (``avssl.evaluate.probe.probe``)
 reads the checkpoint's embeddings (``embed.features``, the fine-tuning head's input) with the same training,
-validation and test clips as the fine-tuning run of that seed (:func:`avssl.finetune_data.split_task`); it is run
+validation and test clips as the fine-tuning run of that seed (:func:`avssl.finetune.data.split_task`); it is run
 with every label only (with one label per class it has no validation split to pick its weight decay on).
 Writes ``DIR/results.md`` (mean +- std over seeds of each task's headline metric, in %) and ``DIR/cells.jsonl``.
 """
@@ -48,11 +48,11 @@ def probe_cells(ckpt: str, tasks: list[str], seeds: int, sets: list[str], data_r
     """The checkpoint's linear probe on each fine-tuning run's own split (every label)."""
     import torch
 
-    from avssl.evaluate import embed_task, resolve_model
-    from avssl.finetune import starting_point, tuning_overrides
-    from avssl.finetune_data import split_task
-    from avssl.probe import probe
-    from avssl.tasks import load_task
+    from avssl.evaluate.run import embed_task, resolve_model
+    from avssl.finetune.run import starting_point, tuning_overrides
+    from avssl.finetune.data import split_task
+    from avssl.evaluate.probe import probe
+    from avssl.evaluate.tasks import load_task
 
     torch.set_num_threads(1)
     ref = resolve_model(ckpt, device="cpu")
@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--data-root", default=None, help="default: $AVSSL_SHARED_DATA, else ../shared/data")
     args = ap.parse_args()
     if args.data_root is None:
-        from avssl.tasks import default_data_root
+        from avssl.evaluate.tasks import default_data_root
 
         args.data_root = str(default_data_root())
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from avssl.config import load_config
-from avssl.evaluate import embed_task, resolve_model
-from avssl.probe import block_columns, run_probes
-from avssl.tasks import load_task
+from avssl.evaluate.run import embed_task, resolve_model
+from avssl.evaluate.probe import block_columns, run_probes
+from avssl.evaluate.tasks import load_task
 
 
 def model_spec(sweep: Path, cell: dict) -> str | None:

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from avssl.config import Config, ConfigError, load_config, parse_set, save_config
+from avssl.config import Config, ConfigError, load_config, save_config
+from avssl.overrides import parse_set
 
 
 def test_presets_hold_only_valid_overrides():
@@ -79,12 +80,12 @@ def test_bad_choice_fails_at_load_naming_the_valid_values(key, bad):
 
 
 def test_choices_agree_with_the_modules_that_act_on_them():
-    from avssl.augment import MIX_MODES
+    from avssl.data.augment import MIX_MODES
     from avssl.config import CHOICES, EMBED_FEATURES
     from avssl.models import PRESETS, VIEWS
     from avssl.models.avmodel import SPEC_ARCHS
     from avssl.models.video import RESNET_LAYERS
-    from avssl.shards import AUDIO_FORMATS, FRAME_FORMATS
+    from avssl.data.shards import AUDIO_FORMATS, FRAME_FORMATS
 
     assert CHOICES["augment.mix"] == MIX_MODES and CHOICES["ingest.frame_format"] == FRAME_FORMATS
     assert CHOICES["ingest.audio_format"] == AUDIO_FORMATS

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from avssl.config import load_config
-from avssl.demo import demo_configs, run_demo, run_demo_pipeline
-from avssl.retrieval import retrieval
-from avssl.shards import Clip
+from avssl.demo.run import demo_configs, run_demo, run_demo_pipeline
+from avssl.evaluate.retrieval import retrieval
+from avssl.data.shards import Clip
 
 SR, FPS = 16000, 8.0
 
@@ -120,7 +120,7 @@ def test_small_demo_writes_every_report_file_and_repeats_exactly(tmp_path):
 def test_cli_refuses_to_overwrite(tmp_path, capsys):
     import argparse
 
-    from avssl.demo import add_demo_arguments
+    from avssl.demo.run import add_demo_arguments
 
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("mine")
@@ -132,7 +132,7 @@ def test_cli_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_results_table_renders_the_numbers():
-    from avssl.demo_report import results_table
+    from avssl.demo.report import results_table
 
     results = {"probe": [{"name": "audio-visual", "mean": 0.5, "std": 0.25, "chance": 0.125}],
                "retrieval": {"audio-visual": {"a2v_top1": 0.5, "a2v_top5": 0.75, "chance_top1": 0.1, "chance_top5": 0.5},

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.audio import load_audio, resample
+from avssl.media.audio import load_audio, resample
 from avssl.checkpoint import save_checkpoint
 from avssl.cli import main as cli_main
 from avssl.config import load_config
-from avssl.collection import collect_inputs
-from avssl.embed import Embedder, load_model
+from avssl.embed.collection import collect_inputs
+from avssl.embed.embedder import Embedder, load_model
 from avssl.models import build_model
-from avssl.video import encode_audio, encode_video
+from avssl.media.video import encode_audio, encode_video
 
 
 def make_checkpoint(path: Path, preset: str = "tiny", seed: int = 0) -> Path:
@@ -98,7 +98,7 @@ def test_default_windows_per_call_follow_the_device(tiny_ckpt):
     """On a CPU the tower sees at most CPU_BATCH windows per call unless batch_size is given, in the fewest
     calls, equally filled: an 11 s clip at half overlap is 21 one-second windows -> 7, 7, 7 (10, 11 with
     batch_size=16; 21 with 32); 1.5 s is 2 windows -> one call."""
-    from avssl.embed import CPU_BATCH, GPU_BATCH
+    from avssl.embed.embedder import CPU_BATCH, GPU_BATCH
 
     assert (CPU_BATCH, GPU_BATCH) == (8, 32)
 
@@ -281,9 +281,9 @@ def test_cli_embed_collection_resume_and_split(tmp_path, tiny_ckpt, embedder, co
 
 
 def test_embed_imports_no_training_code():
-    code = ("import sys, avssl.embed, avssl.hear, avssl.collection, avssl.export, avssl.classifier, avssl.classify; "
-            "bad = [m for m in ('avssl.train', 'avssl.data', 'avssl.ingest', 'avssl.losses', 'avssl.augment', "
-            "'avssl.distributed', 'avssl.evaluate', 'webdataset') if m in sys.modules]; "
+    code = ("import sys, avssl.embed.embedder, avssl.hear, avssl.embed.collection, avssl.export, avssl.finetune.classifier, avssl.finetune.classify; "
+            "bad = [m for m in ('avssl.train.pretrain', 'avssl.data.stream', 'avssl.ingest.run', 'avssl.train.losses', 'avssl.data.augment', "
+            "'avssl.train.distributed', 'avssl.evaluate.run', 'webdataset') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 

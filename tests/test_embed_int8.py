@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.embed import calibration_audio, load_model
+from avssl.embed.embedder import calibration_audio, load_model
 from test_embed import make_checkpoint
 
 SR = 16000
@@ -58,9 +58,9 @@ def test_int8_options(ckpt):
 def test_cli_int8_outputs_and_settings(tmp_path, ckpt):
     import json
 
-    from avssl.audio import load_audio
+    from avssl.media.audio import load_audio
     from avssl.cli import main as cli_main
-    from avssl.video import encode_audio
+    from avssl.media.video import encode_audio
 
     wav = encode_audio(tmp_path / "a.wav", _clips()[2], SR)
     out = tmp_path / "out"
@@ -83,8 +83,8 @@ def test_cli_int8_outputs_and_settings(tmp_path, ckpt):
 
 def test_eval_int8_embeds_with_the_int8_tower_into_its_own_cache(tmp_path, ckpt):
     from avssl.cli import main as cli_main
-    from avssl.evaluate import embed_task, resolve_model
-    from avssl.tasks import load_task
+    from avssl.evaluate.run import embed_task, resolve_model
+    from avssl.evaluate.tasks import load_task
     from test_evaluate import _tone_folder
 
     torch.set_num_threads(1)
@@ -102,7 +102,7 @@ def test_eval_int8_embeds_with_the_int8_tower_into_its_own_cache(tmp_path, ckpt)
     cache = tmp_path / "out" / "embeddings"
     q, f = (embed_task(resolve_model(str(ckpt), device="cpu", int8=i), t, cache, progress=False) for i in (True, False))
     ref = load_model(ckpt, device="cpu", int8=True)
-    from avssl.audio import load_audio
+    from avssl.media.audio import load_audio
 
     np.testing.assert_array_equal(q[0], ref.embed(load_audio(t.examples[0].path, SR), SR)[0])  # the int8 tower's
     assert _cosine(q, f).min() > 0.999 and not np.array_equal(q, f)  # measured: 0.999998 (random weights)

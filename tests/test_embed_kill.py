@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avssl.video import encode_audio
+from avssl.media.video import encode_audio
 from test_embed import make_checkpoint
 
 FILES = 80

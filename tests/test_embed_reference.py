@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.audio import load_audio
+from avssl.media.audio import load_audio
 from avssl.cli import main as cli_main
-from avssl.embed import Embedder, load_model
+from avssl.embed.embedder import Embedder, load_model
 from avssl.models import SpecTower, WaveTower, create_model
 from avssl.models.layers import layer_stats
-from avssl.video import encode_audio
+from avssl.media.video import encode_audio
 from test_embed import make_checkpoint
 
 SR = 16000

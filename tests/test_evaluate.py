@@ -10,12 +10,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from avssl.audio import LogMel
-from avssl.baselines import StatsBaseline, dct_matrix
-from avssl.evaluate import ModelRef, embed_task, evaluate, resolve_model, with_baselines
-from avssl.probe import average_precision, classification_metrics, d_prime, probe, roc_auc, run_probes
-from avssl.tasks import Task, load_task
-from avssl.video import encode_audio
+from avssl.media.audio import LogMel
+from avssl.evaluate.baselines import StatsBaseline, dct_matrix
+from avssl.evaluate.run import ModelRef, embed_task, evaluate, resolve_model, with_baselines
+from avssl.evaluate.probe import average_precision, classification_metrics, d_prime, probe, roc_auc, run_probes
+from avssl.evaluate.tasks import Task, load_task
+from avssl.media.video import encode_audio
 
 SR = 16000
 
@@ -138,7 +138,7 @@ def test_embedding_cache_never_reembeds(tmp_path):
     np.testing.assert_array_equal(x1, x2)
     # rows line up with the examples whatever the split order on disk
     for i, ex in enumerate(task.examples[:3]):
-        from avssl.audio import load_audio
+        from avssl.media.audio import load_audio
 
         assert x1[i, 1] == pytest.approx(np.std(load_audio(ex.path, SR)), rel=1e-5)
     # a changed split is re-embedded (only that split)
@@ -150,8 +150,8 @@ def test_embedding_cache_never_reembeds(tmp_path):
 
 
 def test_segments_are_cut_from_their_file(tmp_path):
-    from avssl.evaluate import _embed_examples
-    from avssl.tasks import Example
+    from avssl.evaluate.run import _embed_examples
+    from avssl.evaluate.tasks import Example
 
     t = np.arange(2 * SR) / SR
     wave = np.where(t < 1, 0.1, 0.5).astype(np.float32) * np.sin(2 * np.pi * 200 * t)
@@ -192,7 +192,7 @@ def test_evaluate_end_to_end_and_cli(tmp_path):
 
 
 def _slug(text):
-    from avssl.reports import slug
+    from avssl.evaluate.reports import slug
 
     return slug(text)
 
@@ -353,7 +353,7 @@ def test_model_from_checkpoint_and_random_model(tmp_path):
 
 
 def test_audio_cache_decodes_once_and_drops_the_least_recently_used(tmp_path, monkeypatch):
-    import avssl.evaluate as ev
+    import avssl.evaluate.run as ev
 
     paths = []
     for i in range(3):

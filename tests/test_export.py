@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from avssl.cli import main as cli_main
-from avssl.embed import load_model
+from avssl.embed.embedder import load_model
 from avssl.export import export_onnx
 from test_embed import make_checkpoint
 

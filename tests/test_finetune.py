@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from avssl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from avssl.classifier import load_classifier
+from avssl.finetune.classifier import load_classifier
 from avssl.cli import main as cli_main
 from avssl.config import ConfigError
-from avssl.embed import load_model
-from avssl.finetune import finetune
-from avssl.tasks import load_task
-from avssl.tasks_base import TaskDataError
-from avssl.video import encode_audio
+from avssl.embed.embedder import load_model
+from avssl.finetune.run import finetune
+from avssl.evaluate.tasks import load_task
+from avssl.evaluate.tasks_base import TaskDataError
+from avssl.media.video import encode_audio
 from conftest import sigkill_when
 
 SR = 16000
@@ -80,7 +80,7 @@ def test_learns_and_the_model_file_round_trips(task_dir, full_run):
     assert clf.labels == sorted(CLASSES) and not clf.multilabel and clf.info["test"] == res["test"]
     task = load_task(f"folder:{task_dir}")
     test = [ex for ex in task.examples if ex.split == "fold1"]
-    from avssl.audio import load_audio
+    from avssl.media.audio import load_audio
 
     scores = clf.predict([load_audio(ex.path, SR) for ex in test], SR)
     assert np.allclose(scores.sum(1), 1, atol=1e-5)
@@ -107,7 +107,7 @@ def test_windows_scores_and_their_mean(full_run):
 
 
 def test_sigterm_mid_epoch_saves_and_resume_equals_uninterrupted(task_dir, full_run, tmp_path, monkeypatch):
-    from avssl.finetuner import Finetuner
+    from avssl.finetune.finetuner import Finetuner
 
     step = Finetuner.step
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-import avssl.ingest as ingest_mod
+import avssl.ingest.run as ingest_mod
 from avssl.cli import main as cli_main
 from avssl.config import load_config
-from avssl.ingest import collect_items, ingest, read_segments
-from avssl.shards import decode_sample, read_manifest
-from avssl.video import encode_audio, encode_video
+from avssl.ingest.run import collect_items, ingest, read_segments
+from avssl.data.shards import decode_sample, read_manifest
+from avssl.media.video import encode_audio, encode_video
 
 RATE, FPS = 16000, 10
 

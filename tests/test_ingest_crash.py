@@ -2,7 +2,7 @@
 past ``ingest.file_timeout`` costs only that input; a re-run does not try it again, ``--retry-failed`` does;
 inputs that are not regular files (FIFO, device, broken link) are skipped with a reason, never opened.
 
-Faults are injected by monkeypatching ``avssl.ingest.process_item``: the workers are forked, so they run
+Faults are injected by monkeypatching ``avssl.ingest.run.process_item``: the workers are forked, so they run
 the patched function. Each faulty call appends a line to a file, so attempts are counted across processes.
 """
 
@@ -18,13 +18,13 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-import avssl.ingest as ingest_mod
+import avssl.ingest.run as ingest_mod
 from avssl.cli import main as cli_main
 from avssl.config import ConfigError, load_config
-from avssl.ingest import ingest
-from avssl.ingest_progress import NodeShards
-from avssl.shards import read_manifest
-from avssl.video import encode_video
+from avssl.ingest.run import ingest
+from avssl.ingest.progress import NodeShards
+from avssl.data.shards import read_manifest
+from avssl.media.video import encode_video
 
 RATE, FPS = 16000, 10
 SETTINGS = {"video.size": 16, "ingest.clip_seconds": 1.0, "ingest.min_seconds": 0.5, "ingest.samples_per_shard": 2}

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from avssl.config import load_config
-from avssl.ingest import ingest
-from avssl.shards import read_manifest
-from avssl.video import encode_video
+from avssl.ingest.run import ingest
+from avssl.data.shards import read_manifest
+from avssl.media.video import encode_video
 
 RATE, FPS = 16000, 10
 SETTINGS = {"video.size": 16, "ingest.clip_seconds": 1.0, "ingest.min_seconds": 0.5, "ingest.samples_per_shard": 2}

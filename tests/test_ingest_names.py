@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-import avssl.ingest as ingest_mod
+import avssl.ingest.run as ingest_mod
 from avssl.config import load_config
-from avssl.ingest import ingest
-from avssl.shards import decode_sample, read_manifest
-from avssl.video import encode_video
+from avssl.ingest.run import ingest
+from avssl.data.shards import decode_sample, read_manifest
+from avssl.media.video import encode_video
 
 RATE, FPS = 16000, 10
 DEEP = "/".join(["a folder.with dots and spaces"] * 6)  # 179 characters of nested folders
@@ -103,7 +103,7 @@ def test_unexpected_error_is_a_skip(tmp_path, monkeypatch):
 @pytest.mark.parametrize("frame_format", ["jpeg", "raw"])
 def test_long_name_shard_is_readable(tmp_path, frame_format):
     """Keys past the ustar limit (a 6-digit clip index on a 90-character id) get pax headers that WebDataset reads."""
-    from avssl.shards import Clip, ShardWriter, encode_sample
+    from avssl.data.shards import Clip, ShardWriter, encode_sample
 
     key = "v" * 90 + "-123456"
     clip = Clip(key, np.zeros(1600, np.float32), RATE, np.zeros((1, 8, 8, 3), np.uint8), FPS, {"source": "s"})

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from avssl.config import load_config
-from avssl.ingest import ingest
-from avssl.video import ClipReader, decode_video, encode_video, frame_count
+from avssl.ingest.run import ingest
+from avssl.media.video import ClipReader, decode_video, encode_video, frame_count
 
 RATE, FPS = 16000, 10
 

@@ -175,7 +175,7 @@ def test_layer_features_are_block_statistics():
     """``features="layers"``: mean and std over time of every block's output, block after block; the
     last block's time means, averaged over frequency, equal the mean of ``forward_features``."""
     from avssl.config import load_config
-    from avssl.embed import Embedder
+    from avssl.embed.embedder import Embedder
     from avssl.models import build_model
 
     torch.manual_seed(0)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_data import FPS, SIZE, SR, planted_clip, write_shards
+from test_data_stream import FPS, SIZE, SR, planted_clip, write_shards
 
 from avssl.cli import main
-from avssl.sweep import parse_grid, split_values
+from avssl.sweep.run import parse_grid, split_values
 
 BASE = ["--config", "tiny", "--seeds", "1", "--probe-seeds", "1", "--no-progress",
         "--set", f"audio.sample_rate={SR}", "--set", f"video.fps={FPS}", "--set", f"video.size={SIZE}",
@@ -162,7 +162,7 @@ def test_select_layer_cells_share_one_run_and_record_their_readouts(world, tmp_p
 
 
 def test_retrieval_column_is_added_to_finished_cells_without_retraining(world, tmp_path):
-    from test_retrieval import _videos
+    from test_evaluate_retrieval import _videos
 
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -176,7 +176,7 @@ def test_retrieval_column_is_added_to_finished_cells_without_retraining(world, t
     res = cells["augment.mix=none"]["retrieval"][str(videos)]
     assert res["num_clips"] == 4 and res["chance_top5"] == 1.0 and res["skipped"] == 0
     from avssl.checkpoint import model_from_checkpoint
-    from avssl.retrieval import evaluate_retrieval
+    from avssl.evaluate.retrieval import evaluate_retrieval
 
     ref = evaluate_retrieval(*model_from_checkpoint(next(out.glob("runs/*/checkpoint.pt"))), str(videos), progress=False)
     assert res["a2v_median_rank"] == ref["a2v_median_rank"] and res["v2a_top1"] == ref["v2a_top1"]
@@ -217,7 +217,7 @@ def test_finished_cells_are_evaluated_again_for_other_probe_seeds_or_data(world,
     out = tmp_path / "sweep"
     assert _sweep(world, out, "--grid", "augment.mix=none") == 0
     first = _cells(out)["augment.mix=none"]
-    from avssl.sweep import code_version
+    from avssl.sweep.run import code_version
 
     assert first["probe_seeds"] == 1 and first["code"] == code_version()
     ckpts = {str(p): p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoint.pt")}

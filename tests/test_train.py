@@ -20,11 +20,11 @@ import yaml
 from avssl.checkpoint import CheckpointError, load_checkpoint
 from avssl.cli import main as cli_main
 from avssl.config import Config, ConfigError, load_config
-from avssl.data import DataError
+from avssl.data.stream import DataError
 from avssl.models import build_model
-from avssl.train import embedding_metrics, pretrain
+from avssl.train.pretrain import embedding_metrics, pretrain
 from conftest import sigkill_when
-from test_data import FPS, SIZE, SR, planted_clip, write_shards
+from test_data_stream import FPS, SIZE, SR, planted_clip, write_shards
 
 BASE = [f"audio.sample_rate={SR}", f"video.fps={FPS}", f"video.size={SIZE}", "data.crop_seconds=0.5",
         "data.batch_size=4", "data.shuffle_buffer=8", "train.log_every=1"]
@@ -96,7 +96,7 @@ def test_interrupt_and_resume_equals_uninterrupted(full_run, shards, tmp_path):
     out = tmp_path / "resumed"
     pretrain(cfg, shards, out, progress=False, max_seconds=0)  # time limit: stops after step 1
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
-    logger = logging.getLogger("avssl.train")
+    logger = logging.getLogger("avssl.train.pretrain")
     handler, level = _SignalAtStep(4), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -164,8 +164,8 @@ def _rank_main(rank: int, world: int, port: int, shards: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    import avssl.train as train
-    import avssl.trainer as trainer
+    import avssl.train.pretrain as train
+    import avssl.train.trainer as trainer
 
     built, losses = [], []
     build, make_loss = trainer.build_model, trainer.ContrastiveLoss
@@ -286,11 +286,11 @@ def test_loss_decreases_on_planted_data(tmp_path):
 
 
 def test_pretrain_on_ingested_videos(tmp_path):
-    """The real seam: generated videos -> ``avssl.ingest`` -> shards -> two training steps."""
+    """The real seam: generated videos -> ``avssl.ingest.run`` -> shards -> two training steps."""
     import numpy as np
 
-    from avssl.ingest import ingest
-    from avssl.video import encode_video
+    from avssl.ingest.run import ingest
+    from avssl.media.video import encode_video
 
     rng = np.random.default_rng(0)
     for i in range(3):
@@ -305,7 +305,7 @@ def test_pretrain_on_ingested_videos(tmp_path):
     assert [r["step"] for r in rows(tmp_path / "run")] == [1, 2]
 
 
-def test_embedding_metrics():  # the schedule: tests/test_optim.py
+def test_embedding_metrics():  # the schedule: tests/test_train_optim.py
     z = torch.nn.functional.one_hot(torch.arange(4), 8).float()
     m = embedding_metrics({"spec": z, "video": 3 * z})  # same directions: perfect retrieval, zero distance
     assert m["retrieval/a2v_top1"] == 1 and m["align/spec-video"] == pytest.approx(0)
@@ -328,7 +328,7 @@ def test_resume_with_spec_masks_equals_uninterrupted(shards, tmp_path):
 
 
 def test_spec_masks_differ_per_rank():
-    from avssl.train import Trainer
+    from avssl.train.pretrain import Trainer
 
     cfg = load_config("tiny", BASE + ["augment.spec_mask=true"])
     x = torch.ones(2, 1, 50, 16)
@@ -343,7 +343,7 @@ def test_spec_masks_differ_per_rank():
 def test_trainer_checks_a_config_built_in_code():
     from dataclasses import replace
 
-    from avssl.trainer import Trainer
+    from avssl.train.trainer import Trainer
 
     cfg = load_config("tiny")
     with pytest.raises(ConfigError, match=r"train\.precision='fp16'; use one of auto, bf16, fp32"):

@@ -13,11 +13,11 @@ __all__ = ["__version__", "load_model", "load_classifier"]
 
 def __getattr__(name: str):
     if name == "load_model":
-        from .embed import load_model
+        from avssl.embed.embedder import load_model
 
         return load_model
     if name == "load_classifier":
-        from .classifier import load_classifier
+        from avssl.finetune.classifier import load_classifier
 
         return load_classifier
     raise AttributeError(f"module 'avssl' has no attribute {name!r}")

@@ -110,7 +110,7 @@ def load_for_resume(folder: str | Path) -> dict[str, Any] | None:
 
 def config_of(path: str | Path):
     """The resolved :class:`avssl.config.Config` stored in a checkpoint."""
-    from .config import Config
+    from avssl.config import Config
 
     return Config.from_dict(load_checkpoint(path)["config"])
 
@@ -124,7 +124,7 @@ def tower_state(state: dict[str, Any], view: str) -> dict[str, torch.Tensor]:
 def architecture_config(target: str | Path):
     """The :class:`avssl.config.Config` of a checkpoint file, or of a preset name / YAML file (``random-init:TARGET``
     builds this architecture untrained)."""
-    from .config import load_config
+    from avssl.config import load_config
 
     is_ckpt = Path(target).is_file() and Path(target).suffix.lower() not in (".yaml", ".yml")
     return config_of(target) if is_ckpt else load_config(target)
@@ -135,7 +135,7 @@ def random_model(cfg, seed: int = 0, views: list[str] | None = None):
     from ``seed`` without touching the global RNG; eval mode."""
     from dataclasses import replace
 
-    from .models import build_model
+    from avssl.models import build_model
 
     if views is not None:
         cfg = replace(cfg, model=replace(cfg.model, views=list(views)))
@@ -147,7 +147,7 @@ def random_model(cfg, seed: int = 0, views: list[str] | None = None):
 def model_from_checkpoint(path: str | Path, views: list[str] | None = None):
     """``(model, cfg)``: a checkpoint's :class:`avssl.models.AVModel` (only ``views`` towers and their heads
     if given) with its trained weights, eval mode, on the CPU. Needs no other input than the file."""
-    from .config import Config
+    from avssl.config import Config
 
     state = load_checkpoint(path)
     cfg = Config.from_dict(state["config"])
@@ -157,7 +157,7 @@ def model_from_checkpoint(path: str | Path, views: list[str] | None = None):
     return model, cfg
 
 
-# -- classifier model files (``avssl finetune`` writes them, ``avssl.classifier`` reads them) ---------------------
+# -- classifier model files (``avssl finetune`` writes them, ``avssl.finetune.classifier`` reads them) ---------------------
 CLASSIFIER_KIND = "avssl-classifier"
 CLASSIFIER_VERSION = 1
 
@@ -168,8 +168,8 @@ def save_classifier(path: str | Path, *, config: dict[str, Any], view: str, towe
     """Write a self-contained classifier model file atomically: the resolved ``config`` (front-end, architecture,
     embedding window), the ``view`` tower's and the head's weights, the label names in output order and whether
     the task is multi-label. The tower's weights sit under ``towers.VIEW.`` as in a pretraining checkpoint, so
-    :func:`avssl.embed.load_model` reads the fine-tuned tower from the same file."""
-    from . import __version__
+    :func:`avssl.embed.embedder.load_model` reads the fine-tuned tower from the same file."""
+    from avssl import __version__
 
     model = {**{f"towers.{view}.{k}": v for k, v in tower.items()}, **{f"head.{k}": v for k, v in head.items()}}
     return save_checkpoint({"kind": CLASSIFIER_KIND, "classifier_version": CLASSIFIER_VERSION, "config": config,

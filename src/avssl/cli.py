@@ -11,18 +11,18 @@ import importlib
 import logging
 import sys
 
-from . import __version__
+from avssl import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("avssl.ingest", "videos -> WebDataset shards of aligned audio + low-resolution frames"),
-    "pretrain": ("avssl.train", "self-supervised pretraining from shards (also under torchrun)"),
-    "embed": ("avssl.collection", "audio embeddings for files and folders with a checkpoint"),
+    "ingest": ("avssl.ingest.run", "videos -> WebDataset shards of aligned audio + low-resolution frames"),
+    "pretrain": ("avssl.train.pretrain", "self-supervised pretraining from shards (also under torchrun)"),
+    "embed": ("avssl.embed.collection", "audio embeddings for files and folders with a checkpoint"),
     "export": ("avssl.export", "export a checkpoint's audio tower (with its log-mel front-end) to ONNX"),
-    "eval": ("avssl.evaluate", "linear-probe evaluation of models and baselines on tasks"),
-    "finetune": ("avssl.finetune", "train a checkpoint's audio tower end to end with a classification head on labelled clips"),
-    "classify": ("avssl.classify", "label audio/video files, folders and lists with a fine-tuned classifier"),
-    "sweep": ("avssl.sweep", "experiment grids: pretrain at fixed steps + evaluate, per cell, with baselines"),
-    "demo": ("avssl.demo", "the whole method end to end on a built-in audio-visual world"),
+    "eval": ("avssl.evaluate.run", "linear-probe evaluation of models and baselines on tasks"),
+    "finetune": ("avssl.finetune.run", "train a checkpoint's audio tower end to end with a classification head on labelled clips"),
+    "classify": ("avssl.finetune.classify", "label audio/video files, folders and lists with a fine-tuned classifier"),
+    "sweep": ("avssl.sweep.run", "experiment grids: pretrain at fixed steps + evaluate, per cell, with baselines"),
+    "demo": ("avssl.demo.run", "the whole method end to end on a built-in audio-visual world"),
 }
 
 

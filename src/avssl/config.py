@@ -10,13 +10,14 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from avssl.overrides import ConfigError, coerce, parse_set
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -91,7 +92,7 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Batch-level mixing and per-example augmentation (``avssl.augment``)."""
+    """Batch-level mixing and per-example augmentation (``avssl.data.augment``)."""
 
     mix: str = "mixup"  # none | mixup | mixback
     mix_prob: float = 1.0
@@ -111,7 +112,7 @@ class AugmentConfig:
 
 @dataclass
 class LossConfig:
-    """InfoNCE between view pairs (``avssl.losses``)."""
+    """InfoNCE between view pairs (``avssl.train.losses``)."""
 
     pairs: list[str] = field(default_factory=lambda: ["spec-video", "wave-video", "spec-wave"])
     weights: dict[str, float] = field(default_factory=dict)  # pair -> weight, default 1
@@ -242,10 +243,6 @@ class Config:
         return apply_overrides(cls(), d)
 
 
-class ConfigError(ValueError):
-    """A bad config key or value; the message names it and what is valid."""
-
-
 # Every setting with a fixed set of values, in one table: a config is checked against it whenever one is
 # built (load_config, Config.from_dict, apply_overrides on a whole Config), so a bad choice fails at load
 # naming the valid values, not hours later where the value is first used. A list setting (model.views)
@@ -284,42 +281,6 @@ def check_choices(cfg: Config) -> Config:
     return cfg
 
 
-def _check_value(where: str, tp: Any, value: Any) -> Any:
-    """Coerce ``value`` to the annotated type ``tp`` or raise :class:`ConfigError`."""
-    origin = typing.get_origin(tp)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_check_value(f"{where}[{i}]", item, v) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        _, vt = typing.get_args(tp)
-        return {str(k): _check_value(f"{where}.{k}", vt, v) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{where}: union types are not supported in configs")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    raise ConfigError(f"{where}: unsupported type {tp}")
-
-
 def apply_overrides(obj: Any, d: dict[str, Any], where: str = "") -> Any:
     """Return a copy of dataclass ``obj`` with the nested dict ``d`` applied (strict keys)."""
     if not isinstance(d, dict):
@@ -335,34 +296,9 @@ def apply_overrides(obj: Any, d: dict[str, Any], where: str = "") -> Any:
         if dataclasses.is_dataclass(current):
             changes[key] = apply_overrides(current, value, path)
         else:
-            changes[key] = _check_value(path, hints[key], value)
+            changes[key] = coerce(path, hints[key], value)
     out = dataclasses.replace(obj, **changes)
     return check_choices(out) if isinstance(out, Config) else out
-
-
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"model.width": 0.5, "train.seed": 1}`` -> ``{"model": {"width": 0.5}, "train": {"seed": 1}}``."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = str(key).strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"config key {key!r} is malformed; use section.key")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """``["model.width=0.5", "loss.pairs=[spec-wave]"]`` -> nested dict (values parsed as YAML)."""
-    flat: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        flat[key] = yaml.safe_load(raw) if raw.strip() else ""
-    return nest(flat)
 
 
 def preset_path(preset: str | Path) -> Path:

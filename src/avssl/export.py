@@ -4,8 +4,8 @@ settings measured fastest on CPUs (``benchmarks/speed.py``).
 Imports only inference code. The graph: ``audio`` float32[batch, samples] mono at the model's rate ->
 ``embedding`` float32[batch, D], the tower's pooled features of that input, or, for a classifier model file
 (``avssl finetune``), ``scores`` float32[batch, C] (softmax, or a sigmoid per label) of that input. No windowing:
-the caller windows long audio as :mod:`avssl.embed` does and averages a clip's window scores. Batch and length are dynamic. The front-end's power spectrum is
-real matrix products over folded sample pairs (:class:`avssl.dft.FoldedPowerSpectrum`; the TorchScript
+the caller windows long audio as :mod:`avssl.embed.embedder` does and averages a clip's window scores. Batch and length are dynamic. The front-end's power spectrum is
+real matrix products over folded sample pairs (:class:`avssl.media.dft.FoldedPowerSpectrum`; the TorchScript
 exporter cannot export a complex ``torch.stft``, and onnxruntime's STFT operator was slower).
 """
 
@@ -22,11 +22,11 @@ import torch
 
 from torch import nn
 
-from .audio import LogMel
-from .checkpoint import CLASSIFIER_KIND, load_checkpoint
-from .classifier import Classifier, load_classifier
-from .embed import Embedder, load_model
-from .models import AUDIO_VIEWS
+from avssl.media.audio import LogMel
+from avssl.checkpoint import CLASSIFIER_KIND, load_checkpoint
+from avssl.finetune.classifier import Classifier, load_classifier
+from avssl.embed.embedder import Embedder, load_model
+from avssl.models import AUDIO_VIEWS
 
 log = logging.getLogger(__name__)
 

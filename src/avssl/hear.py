@@ -5,7 +5,7 @@
 ``get_timestamp_embeddings(audio, model)`` -> ``(float32[n_sounds, n_timestamps, D], timestamps_ms
 float32[n_sounds, n_timestamps])`` every :data:`TIMESTAMP_HOP_MS` milliseconds. ``audio`` is
 ``float32[n_sounds, n_samples]`` in [-1, 1] at ``model.sample_rate``; outputs are on ``audio``'s device.
-Windowing and padding follow :mod:`avssl.embed`; the audio stays a torch tensor throughout (no numpy round
+Windowing and padding follow :mod:`avssl.embed.embedder`; the audio stays a torch tensor throughout (no numpy round
 trip; it is moved to the model's device once, and the results back once).
 Usage with hear-eval-kit: ``--module avssl.hear
 --model CHECKPOINT.pt``.
@@ -16,14 +16,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .embed import Embedder
-from .embed import load_model as _load_embedder
+from avssl.embed.embedder import Embedder
+from avssl.embed.embedder import load_model as _load_embedder
 
 TIMESTAMP_HOP_MS = 50.0  # HEAR requires a hop of 50 ms or less
 
 
 class HearModel(nn.Module):
-    """An :class:`~avssl.embed.Embedder` with the attributes HEAR asks for."""
+    """An :class:`~avssl.embed.embedder.Embedder` with the attributes HEAR asks for."""
 
     def __init__(self, embedder: Embedder):
         super().__init__()

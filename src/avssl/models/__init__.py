@@ -7,12 +7,12 @@ builds one registered tower; ``list_models()`` names them. See docs/models.md.
 
 from __future__ import annotations
 
-from . import spec, video, wave  # noqa: F401  (registers the towers)
-from .avmodel import AUDIO_VIEWS, PRESETS, VIEWS, AVModel, ProjectionHead, build_model, tower_name
-from .registry import create_model, list_models, register_model
-from .spec import SpecTower
-from .video import VideoTower
-from .wave import WaveTower
+from avssl.models import spec, video, wave  # noqa: F401  (registers the towers)
+from avssl.models.avmodel import AUDIO_VIEWS, PRESETS, VIEWS, AVModel, ProjectionHead, build_model, tower_name
+from avssl.models.registry import create_model, list_models, register_model
+from avssl.models.spec import SpecTower
+from avssl.models.video import VideoTower
+from avssl.models.wave import WaveTower
 
 __all__ = [
     "AUDIO_VIEWS",

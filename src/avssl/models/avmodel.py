@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import Config
-from .registry import create_model
+from avssl.config import Config
+from avssl.models.registry import create_model
 
 VIEWS = ("spec", "wave", "video")
 AUDIO_VIEWS = ("spec", "wave")

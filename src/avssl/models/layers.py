@@ -22,7 +22,7 @@ def pool_time(features: torch.Tensor) -> torch.Tensor:
 def layer_stats(layers: list[torch.Tensor]) -> torch.Tensor:
     """Every block's time-resolved output ``[B, T_i, F_i]`` -> ``[B, sum_i 2 F_i]``: the mean and the
     standard deviation over time of each feature, block after block (the clip statistics a linear probe
-    reads best; ``features="layers"`` in :class:`avssl.embed.Embedder`)."""
+    reads best; ``features="layers"`` in :class:`avssl.embed.embedder.Embedder`)."""
     return torch.cat([torch.cat([x.mean(dim=1), x.std(dim=1, unbiased=False)], dim=1) for x in layers], dim=1)
 
 

@@ -1,6 +1,6 @@
 """Spectrogram tower: a CNN14-style 2-D CNN (or a ResNet variant) over a log-mel front-end.
 
-The front-end (:class:`avssl.audio.LogMel`) lives inside the tower, so the tower, its checkpoints
+The front-end (:class:`avssl.media.audio.LogMel`) lives inside the tower, so the tower, its checkpoints
 and its ONNX exports all take raw waveforms ``float32[B, N]`` at ``audio.sample_rate``.
 """
 
@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..audio import LogMel
-from ..config import AudioConfig
-from .layers import ResBlock, pool_time, scale_width
-from .registry import register_model
+from avssl.media.audio import LogMel
+from avssl.config import AudioConfig
+from avssl.models.layers import ResBlock, pool_time, scale_width
+from avssl.models.registry import register_model
 
 
 class ConvBlock2d(nn.Module):

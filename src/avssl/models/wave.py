@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import ResBlock, pool_time, scale_width
-from .registry import register_model
+from avssl.models.layers import ResBlock, pool_time, scale_width
+from avssl.models.registry import register_model
 
 
 class WaveTower(nn.Module):
