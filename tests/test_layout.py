@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "avssl"
 
 # The order of the stages: a module may import its own stage and the stages before it, never a later one.
 RANK = {
-    "avssl.config": 0, "avssl.overrides": 0, "avssl.atomic": 0,
+    "avssl.config": 0, "avssl.overrides": 0, "avssl.pairs": 0, "avssl.atomic": 0,
     "avssl.media": 1, "avssl.data": 2, "avssl.ingest": 3, "avssl.models": 4, "avssl.checkpoint": 5,
     "avssl.train": 6, "avssl.embed": 7, "avssl.evaluate": 8, "avssl.finetune": 9, "avssl.sweep": 10,
     "avssl.demo": 11,

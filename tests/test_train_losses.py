@@ -152,3 +152,47 @@ def test_same_source_negatives_are_removed(use_mix, local_loss):
     e = {v: t.clone().requires_grad_() for v, t in emb.items()}
     sum(loss(e, corr, ids).values()).backward()
     assert all(torch.isfinite(t.grad).all() for t in e.values())
+
+
+@pytest.mark.parametrize("pair, keys", [("spec-wave2", ("spec", "wave2")), ("wave2-video", ("wave2", "video")),
+                                        ("spec2-wave", ("spec2", "wave")), ("spec-spec", ("spec", "spec2")),
+                                        ("spec-wave", ("spec", "wave"))])
+def test_cross_crop_pairs_name_their_embeddings(pair, keys):
+    assert parse_pair(pair) == keys
+
+
+@pytest.mark.parametrize("bad, why", [("video2-spec", "only audio views have a second crop"),
+                                      ("spec-video2", "only audio views have a second crop"),
+                                      ("spec2-spec2", "write spec-spec"), ("spec-spec2", "write spec-spec"),
+                                      ("spec2-wave2", "write spec-wave"), ("spec-wave-video", "two known views")])
+def test_nonsense_pairs_fail_at_load_naming_the_key_and_the_forms(bad, why):
+    from avssl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=rf"loss\.pairs\[1\]: loss pair '{bad}': .*{why}.*allowed forms: A-B .*A-B2"):
+        load_config("tiny", [f"loss.pairs=[spec-video, {bad}]"])
+
+
+@pytest.mark.parametrize("use_mix", [False, True])
+def test_cross_crop_pair_is_the_same_crop_loss_on_the_second_crop_embeddings(use_mix):
+    """``spec-wave2`` scores spec against wave2 with one-hot targets (both crops of a clip mix alike);
+    ``wave2-video`` scores wave2 against video with the mix matrix's targets; same-source masking holds."""
+    e = _emb(n=6)
+    wave2 = torch.randn(6, 5, generator=torch.Generator().manual_seed(9))
+    mix = _mixup_matrix(6) if use_mix else None
+    sources = torch.tensor([0, 0, 1, 2, 2, 3])
+    cross = ContrastiveLoss(LossConfig(pairs=["spec-wave2", "wave2-video"]))
+    got = cross({"spec": e["spec"], "wave2": wave2, "video": e["video"]}, mix, sources)
+    same = ContrastiveLoss(LossConfig(pairs=["spec-wave", "wave-video"]))
+    want = same({"spec": e["spec"], "wave": wave2, "video": e["video"]}, mix, sources)
+    torch.testing.assert_close(got["nce/spec-wave2"], want["nce/spec-wave"])
+    torch.testing.assert_close(got["nce/wave2-video"], want["nce/wave-video"])
+    ref = reference_loss({"spec": e["spec"], "wave": wave2, "video": e["video"]}, ["spec-wave", "wave-video"], {}, 0.1,
+                         mix, sources.tolist())
+    assert got["nce/wave2-video"].item() == pytest.approx(ref["nce/wave-video"], rel=1e-5)
+
+
+def test_gather_false_equals_the_single_process_loss():
+    e, mix = _emb(n=5), _mixup_matrix(5)
+    loss = ContrastiveLoss(LossConfig())
+    for k, v in loss(e, mix).items():
+        torch.testing.assert_close(loss(e, mix, gather=False)[k], v)

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from avssl.overrides import ConfigError, coerce, parse_set
+from avssl.pairs import parse_pair
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -88,6 +89,7 @@ class DataConfig:
     num_workers: int = 1
     shuffle_buffer: int = 256
     epoch_batches: int = 0  # 0: derived from the manifest (equal on every rank)
+    val: str = ""  # validation shards (folder with manifest.json) scored during pretraining; "": none (docs/training.md)
 
 
 @dataclass
@@ -121,6 +123,15 @@ class LossConfig:
     local_loss: bool = False  # only the local rows against global columns
     mask_same_source: bool = True  # negatives from the anchor's source video are left out of the softmax
 
+    def __post_init__(self) -> None:
+        """Every pair is well formed (:func:`avssl.pairs.parse_pair`); the views it uses are checked against
+        ``model.views`` when training starts (:func:`avssl.trainer.plan_views`)."""
+        for i, pair in enumerate(self.pairs):
+            try:
+                parse_pair(pair)
+            except ValueError as e:
+                raise ConfigError(f"loss.pairs[{i}]: {e}") from None
+
 
 @dataclass
 class OptimConfig:
@@ -143,6 +154,7 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False
     sync_bn: bool = True  # BatchNorm over the global batch when distributed (every backend); false refused then
+    val_every: int = 100  # steps between validations when data.val is set; 0: only at the end (docs/training.md)
 
 
 EMBED_FEATURES = ("pooled", "layers")

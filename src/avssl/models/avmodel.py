@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
@@ -27,8 +29,9 @@ class ProjectionHead(nn.Module):
 class AVModel(nn.Module):
     """Towers (view -> ``[B, F_view]``) and heads (view -> ``[B, embed_dim]``).
 
-    ``forward(audio float32[B, N], frames [B, T, 3, H, W] | None)`` returns the projected (not
-    normalised) embeddings of every view; the video view is skipped when ``frames`` is None.
+    ``forward(audio float32[B, N], frames [B, T, 3, H, W] | None, views=None)`` returns the projected (not
+    normalised) embeddings of every view (of ``views`` only, when given); the video view is skipped when
+    ``frames`` is None.
     """
 
     def __init__(self, towers: dict[str, nn.Module], embed_dim: int):
@@ -44,9 +47,12 @@ class AVModel(nn.Module):
     def views(self) -> list[str]:
         return list(self.towers)
 
-    def forward(self, audio: torch.Tensor, frames: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, audio: torch.Tensor, frames: torch.Tensor | None = None,
+                views: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         out = {}
         for view, tower in self.towers.items():
+            if views is not None and view not in views:
+                continue
             if view == "video":
                 if frames is None:
                     continue

@@ -14,8 +14,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from avssl.config import Config
-from avssl.train.losses import SECOND_CROP, ContrastiveLoss, parse_pair
+from avssl.data.stream import Batch
 from avssl.models import build_model
+from avssl.pairs import crop_views
+from avssl.train.losses import ContrastiveLoss
+from avssl.train.trainer import embed_crops
 
 
 def count_flops(fn: Callable[..., Any], *args: Any) -> int:
@@ -37,21 +40,22 @@ def train_step_flops(cfg: Config, per_clips: int = 2) -> dict[str, float]:
     """FLOPs of one training step of ``cfg`` (forward + backward of every view and the loss).
 
     Counted on ``per_clips`` clips and scaled to ``cfg.data.batch_size`` (tower FLOPs grow linearly
-    with the batch; the loss's ``B x B`` similarity matrices are a negligible share). Two-crop runs
-    (a pair such as ``spec-spec``) run the audio towers twice, as training does. Returns
+    with the batch; the loss's ``B x B`` similarity matrices are a negligible share). As in training
+    (:func:`avssl.trainer.embed_crops`), a tower runs once per crop some pair needs it on: ``spec-spec``
+    runs the spectrogram tower on both crops, ``spec-wave2`` runs it on crop 1 and the waveform tower on
+    crop 2 only (as much as ``spec-wave``), ``[spec-wave, spec-wave2]`` one waveform forward more. Returns
     ``{"gflops_per_step", "gflops_per_clip"}``.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(cfg).train()
     loss_fn = ContrastiveLoss(cfg.loss)
-    two_crop = any(parse_pair(p)[1].endswith(SECOND_CROP) for p in cfg.loss.pairs)
     audio, frames = example_batch(cfg, per_clips)
+    batch = Batch(audio, frames, [str(i) for i in range(per_clips)], audio.flip(0))
+    crops = crop_views(cfg.loss.pairs, cfg.model.views)
 
     def step() -> None:
-        emb = model(audio, frames if "video" in cfg.model.views else None)
-        if two_crop:
-            emb.update({v + SECOND_CROP: e for v, e in model(audio.flip(0), None).items()})
+        emb = embed_crops(model, batch, *crops)
         eye = torch.eye(per_clips)
         sum(loss_fn(emb, eye).values()).backward()
 

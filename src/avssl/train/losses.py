@@ -15,25 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.config import LossConfig
+from avssl.pairs import AUDIO_VIEWS, SECOND_CROP, VIEWS, parse_pair  # noqa: F401  (importable from here too)
 from avssl.train.distributed import all_gather_with_grad, get_rank, get_world_size
 
-AUDIO_VIEWS = ("spec", "wave")
-VIEWS = ("spec", "wave", "video")
 MAX_LOGIT_SCALE = 100.0  # a learnable temperature never drops below 0.01
-SECOND_CROP = "2"  # suffix of a view's embeddings on a second audio crop ("spec2"): two-crop pairs
 
 
-def parse_pair(pair: str) -> tuple[str, str]:
-    """``"spec-video"`` -> ``("spec", "video")``; ``"spec-spec"`` (two-crop, audio views only) ->
-    ``("spec", "spec2")``, the embedding keys the pair compares. Raises naming the pair when malformed."""
-    parts = pair.split("-")
-    if len(parts) != 2 or not set(parts) <= set(VIEWS):
-        raise ValueError(f"loss pair {pair!r} must be two views joined by '-', views: {', '.join(VIEWS)}")
-    if parts[0] == parts[1]:
-        if parts[0] not in AUDIO_VIEWS:
-            raise ValueError(f"loss pair {pair!r}: two-crop pairs need an audio view ({', '.join(AUDIO_VIEWS)})")
-        return parts[0], parts[0] + SECOND_CROP
-    return parts[0], parts[1]
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _is_audio(key: str) -> bool:
@@ -57,9 +46,10 @@ class ContrastiveLoss(nn.Module):
     (learnable as ``log(1 / temperature)`` when ``cfg.learn_temperature``), global negatives across
     ranks, and ``cfg.local_loss`` (each rank scores only its own rows against all columns).
 
-    ``forward(emb, mix, sources)``: ``emb`` maps views to ``[B, D]`` (not necessarily normalised; pairs with
-    a missing view are skipped). A two-crop pair ``"v-v"`` compares ``emb[v]`` with ``emb[v + "2"]``,
-    the same view on a second crop of each clip (COLA-style). ``mix`` (``[B, B]``, from :func:`avssl.data.augment.mix`) is the
+    ``forward(emb, mix, sources, gather=True)``: ``emb`` maps views to ``[B, D]`` (not necessarily normalised;
+    pairs with a missing view are skipped). A view with the suffix ``2`` is that view on a second audio crop of
+    each clip (:mod:`avssl.pairs`): ``"v-v"`` compares ``emb[v]`` with ``emb[v + "2"]`` (COLA-style),
+    ``"spec-wave2"`` ``emb["spec"]`` with ``emb["wave2"]``. ``mix`` (``[B, B]``, from :func:`avssl.data.augment.mix`) is the
     audio -> video correspondence: row ``i`` is the distribution over the batch's video clips that
     clip ``i``'s audio is a positive for. Audio -> video targets are its rows, video -> audio
     targets the rows of its row-normalised transpose; audio <-> audio pairs (both from the same
@@ -68,7 +58,8 @@ class ContrastiveLoss(nn.Module):
     anchor's source video that is not one of its positives (target 0) is removed from the softmax
     (the ids are gathered across ranks, so this holds for global negatives too).
     Returns ``{"nce/a-b": weight * loss}`` (scalars) whose sum is the objective. In the global mode every rank computes the same global loss; with
-    ``local_loss`` the mean of the ranks' losses is the global loss.
+    ``local_loss`` the mean of the ranks' losses is the global loss. ``gather=False`` scores this process's
+    rows alone and issues no collective (validation on one rank, :mod:`avssl.validation`).
     """
 
     def __init__(self, cfg: LossConfig | None = None):
@@ -100,41 +91,43 @@ class ContrastiveLoss(nn.Module):
         return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def forward(
-        self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None = None, sources: torch.Tensor | None = None
+        self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None = None, sources: torch.Tensor | None = None,
+        gather: bool = True,
     ) -> dict[str, torch.Tensor]:
         present = [(a, b) for a, b in self.pairs if a in emb and b in emb]
         if not present:
             raise ValueError(f"no loss pair has both views among the embeddings {sorted(emb)}; pairs: {self.pairs}")
         device = next(iter(emb.values())).device
         with torch.autocast(device_type=device.type, enabled=False):
-            return self._losses(emb, mix, sources if self.mask_same_source else None, present)
+            return self._losses(emb, mix, sources if self.mask_same_source else None, present, gather)
 
     def _losses(
         self, emb: dict[str, torch.Tensor], mix: torch.Tensor | None, sources: torch.Tensor | None,
-        pairs: list[tuple[str, str]],
+        pairs: list[tuple[str, str]], gather: bool = True,
     ) -> dict[str, torch.Tensor]:
         batch, device = next(iter(emb.values())).shape[0], next(iter(emb.values())).device
-        rank, world = get_rank(), get_world_size()
+        rank, world = (get_rank(), get_world_size()) if gather else (0, 1)
+        collect = all_gather_with_grad if gather else _identity
         corr = None
         if mix is not None:
             if mix.shape != (batch, batch):
                 raise ValueError(
                     f"mix matrix must be [{batch}, {batch}] for a batch of {batch}, got {tuple(mix.shape)}"
                 )
-            blocks = all_gather_with_grad(mix.detach().float().to(device)).split(batch)
+            blocks = collect(mix.detach().float().to(device)).split(batch)
             corr = torch.block_diag(*blocks)  # [G, G]: mixing stays within each rank's batch
         rows = slice(rank * batch, (rank + 1) * batch) if self.local_loss else slice(None)
         same = None  # [rows, G]: candidate j comes from the anchor's source video
         if sources is not None:
             if sources.shape != (batch,):
                 raise ValueError(f"sources must be [{batch}] for a batch of {batch}, got {tuple(sources.shape)}")
-            ids = all_gather_with_grad(sources.to(device))
+            ids = collect(sources.to(device))
             same = (ids[:, None] == ids[None, :])[rows]
         labels = torch.arange(batch * world, device=device)[rows]
         scale = self.logit_scale()
         # a deterministic order: every rank must issue the same collectives in the same order
         z = {v: F.normalize(emb[v].float(), dim=-1) for v in dict.fromkeys(v for p in pairs for v in p)}
-        gathered = {v: all_gather_with_grad(x) for v, x in z.items()}
+        gathered = {v: collect(x) for v, x in z.items()}
         out = {}
         for a, b in pairs:
             if self.local_loss:

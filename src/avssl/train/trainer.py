@@ -16,13 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from avssl.train import distributed as dist
-from avssl.data.augment import augment, mix
 from avssl.config import Config, ConfigError, check_choices
+from avssl.data.augment import augment, mix
 from avssl.data.stream import Batch
-from avssl.train.losses import AUDIO_VIEWS, SECOND_CROP, ContrastiveLoss, parse_pair
 from avssl.models import build_model
 from avssl.models.spec import SpecMask
+from avssl.pairs import crop_views
+from avssl.train import distributed as dist
+from avssl.train.losses import SECOND_CROP, ContrastiveLoss, parse_pair
 from avssl.train.optim import build_optimizer, build_schedule
 
 
@@ -30,13 +31,14 @@ def plan_views(cfg: Config) -> bool:
     """Validate ``loss.pairs`` against ``model.views``; return whether the run is two-crop.
 
     A pair names two views (``"spec-video"``); a view paired with itself (``"spec-spec"``) means
-    two independent audio crops of each clip (COLA-style), which only audio views allow.
-    Raises :class:`ConfigError` naming the pair.
+    two independent audio crops of each clip (COLA-style), which only audio views allow; an audio view
+    with the suffix ``2`` (``"spec-wave2"``, ``"wave2-video"``) sees the second crop (:mod:`avssl.pairs`).
+    A run is two-crop when any pair uses a second crop. Raises :class:`ConfigError` naming the pair.
     """
     views = set(cfg.model.views)
     if not cfg.loss.pairs:
         raise ConfigError("loss.pairs is empty; name at least one pair such as spec-video")
-    two_crop = False
+    two_crop, seen = False, {}
     for pair in cfg.loss.pairs:
         try:
             keys = parse_pair(pair)
@@ -45,7 +47,10 @@ def plan_views(cfg: Config) -> bool:
         missing = [k.removesuffix(SECOND_CROP) for k in keys if k.removesuffix(SECOND_CROP) not in views]
         if missing:
             raise ConfigError(f"loss.pairs: {pair!r} uses {missing[0]!r}, which is not in model.views={sorted(views)}")
-        two_crop |= keys[1].endswith(SECOND_CROP)
+        if frozenset(keys) in seen:
+            raise ConfigError(f"loss.pairs: {pair!r} compares what {seen[frozenset(keys)]!r} compares; keep one")
+        seen[frozenset(keys)] = pair
+        two_crop |= any(k.endswith(SECOND_CROP) for k in keys)
     return two_crop
 
 
@@ -63,12 +68,13 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _embed(model: nn.Module, batch: Batch, two_crop: bool, use_video: bool) -> dict[str, torch.Tensor]:
-    """Embeddings of every view; in two-crop runs the audio views on ``audio2`` get the suffix ``2``."""
-    emb = model(batch.audio, batch.frames if use_video else None)
-    if two_crop:
-        second = model(batch.audio2, None)
-        emb.update({v + SECOND_CROP: e for v, e in second.items() if v in AUDIO_VIEWS})
+def embed_crops(model: nn.Module, batch: Batch, first: list[str], second: list[str]) -> dict[str, torch.Tensor]:
+    """``{key: float32[B, D]}``: the views ``first`` on crop 1 (``batch.audio``, ``batch.frames``) and the audio
+    views ``second`` on crop 2 (``batch.audio2``), whose keys get the suffix ``2``
+    (:func:`avssl.pairs.crop_views`: each tower runs once per crop a pair needs it on)."""
+    emb = model(batch.audio, batch.frames if "video" in first else None, views=first)
+    if second:
+        emb.update({v + SECOND_CROP: e for v, e in model(batch.audio2, None, views=second).items()})
     return {k: v.float() for k, v in emb.items()}
 
 
@@ -101,6 +107,7 @@ class Trainer:
         check_choices(cfg)  # a Config built in code, not loaded, is checked here (train.precision, optim.name, ...)
         self.cfg, self.device, self.world = cfg, device, world
         self.two_crop = plan_views(cfg)
+        self.crops = crop_views(cfg.loss.pairs, cfg.model.views)  # (views on crop 1, audio views on crop 2)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = build_model(cfg).to(device)
         if world > 1:  # a positive pair shares its rank's batch statistics: per-rank BN leaks "same rank"
@@ -139,7 +146,7 @@ class Trainer:
         cfg = self.cfg
         batch, mix_matrix = _augment_and_mix(batch, cfg, self.generator)
         with self.autocast():
-            emb = _embed(self.train_model, batch, self.two_crop, "video" in cfg.model.views)
+            emb = embed_crops(self.train_model, batch, *self.crops)
         sources = batch.source_ids().to(self.device) if self.loss_fn.mask_same_source else None
         losses = self.loss_fn(emb, mix_matrix, sources)
         total = torch.stack(list(losses.values())).sum()
