@@ -19,9 +19,10 @@ from avssl.models import build_model
 from avssl.media.video import encode_audio, encode_video
 
 
-def make_checkpoint(path: Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """A checkpoint built from a preset with random weights and non-trivial BatchNorm statistics."""
-    cfg = load_config(preset)
+def make_checkpoint(path: Path, preset: str = "tiny", seed: int = 0, sets: list[str] | None = None) -> Path:
+    """A checkpoint built from a preset (and ``--set`` overrides) with random weights and non-trivial BatchNorm
+    statistics."""
+    cfg = load_config(preset, sets or [])
     torch.manual_seed(seed)
     model = build_model(cfg)
     g = torch.Generator().manual_seed(seed)

@@ -175,3 +175,14 @@ def test_an_output_cut_inside_a_multibyte_character_resumes(model, inputs, tmp_p
     out.write_bytes(data[: data.rindex(note) + 1])
     redone = _classify(model, inputs, out)
     assert [Path(r["input"]).name for r in redone] == ["clip, nº2 ♪.wav"] and out.read_bytes() == data
+
+
+def test_onnx_pads_a_short_clip_as_predict_does(model, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from avssl.export import export_onnx
+
+    clf = load_classifier(model, device="cpu")
+    path = export_onnx(clf, tmp_path / "clf.onnx")  # its own check compares with predict, half a window too
+    x = np.stack([tone(f, clf.window_seconds / 2, 7) for f in CLASSES.values()])  # half a window each
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"audio": x})[0]
+    np.testing.assert_allclose(got, clf.predict(x, SR), atol=1e-4, rtol=0)
