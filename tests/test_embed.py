@@ -1,4 +1,6 @@
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +19,10 @@ from avssl.models import build_model
 from avssl.media.video import encode_audio, encode_video
 
 
-def make_checkpoint(path: Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """A checkpoint built from a preset with random weights and non-trivial BatchNorm statistics."""
-    cfg = load_config(preset)
+def make_checkpoint(path: Path, preset: str = "tiny", seed: int = 0, sets: list[str] | None = None) -> Path:
+    """A checkpoint built from a preset (and ``--set`` overrides) with random weights and non-trivial BatchNorm
+    statistics."""
+    cfg = load_config(preset, sets or [])
     torch.manual_seed(seed)
     model = build_model(cfg)
     g = torch.Generator().manual_seed(seed)
@@ -230,6 +233,21 @@ def test_collect_inputs_names_are_unique(collection):
     assert "media/sub/a.mp3.npz" in names and "media/a.wav.npz" in names and "missing.wav.npz" in names
     clashing = [n for p, n in items if p in (other, second)]
     assert len(clashing) == 2 and all(n.startswith("a.wav.") and n != "a.wav.npz" for n in clashing)
+
+
+def test_collect_inputs_names_clash_on_a_name_that_is_not_utf8(tmp_path):
+    """Two folders called ``x`` both holding ``caf\\xe9.wav`` (not UTF-8): the clash gets each full path's hash,
+    the hash of the bytes on disk, instead of an encoding error that stopped embed and classify."""
+    name = os.fsdecode(b"caf\xe9.wav")
+    paths = []
+    for parent in ("one", "two"):
+        (tmp_path / parent / "x").mkdir(parents=True)
+        paths.append(encode_audio(tmp_path / parent / "x" / name, _noise(800, seed=15), 16000))
+    items = collect_inputs([tmp_path / "one" / "x", tmp_path / "two" / "x"])
+    assert [p for p, _ in items] == paths
+    for p, n in items:
+        digest = hashlib.sha1(os.fsencode(p.resolve())).hexdigest()[:10]
+        assert n == f"x/{name}.{digest}.npz"
 
 
 @pytest.mark.parametrize("workers", ["0", "3"])  # in the main thread; 3 files at once in worker threads

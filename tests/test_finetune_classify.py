@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +109,80 @@ def test_bad_requests_are_clear_errors(model, inputs, tmp_path):
     save_checkpoint(load_checkpoint(model) | {"kind": None}, pretrain)
     with pytest.raises(CheckpointError, match="avssl finetune"):
         classify_collection(pretrain, [inputs], tmp_path / "w.csv", progress=False)
+
+
+
+NOT_UTF8 = os.fsdecode(b"caf\xe9 \xff.wav")  # two bytes that are not UTF-8: Python holds them as U+DCE9, U+DCFF
+SEPARATORS = ["b\u2028x.wav", "c\u2029x.wav", "d\x85x.wav", "e\rx.wav", "f\nx.wav"]  # str.splitlines breaks at each
+
+
+def _clips(folder: Path, names: list[str]) -> Path:
+    folder.mkdir(exist_ok=True)
+    for k, name in enumerate(names):
+        encode_audio(folder / name, tone(list(CLASSES.values())[k % 3], 0.4 + 0.1 * k, 50 + k), SR)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def separated(tmp_path_factory) -> Path:
+    """Short clips whose names hold characters that ``str.splitlines`` breaks at (``\\n`` too)."""
+    return _clips(tmp_path_factory.mktemp("separators"), ["a.wav", *SEPARATORS, "z.wav"])
+
+
+def _classify(model, folder, out) -> list[dict]:
+    return classify_collection(model, [folder], out, top_k=3, workers=0, progress=False)
+
+
+@pytest.mark.parametrize("fmt", [".csv", ".jsonl"])
+def test_a_name_that_is_not_utf8_costs_nothing_and_is_written_escaped(model, tmp_path, fmt):
+    folder = _clips(tmp_path / "in", ["a.wav", NOT_UTF8, "z.wav"])
+    out = tmp_path / f"labels{fmt}"
+    rows = _classify(model, folder, out)
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    data = out.read_bytes()
+    escaped = str(folder / "caf\\udce9 \\udcff.wav")  # the text index.jsonl (json.dumps) holds too
+    if fmt == ".csv":
+        names = [r["input"] for r in csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))]
+    else:
+        names = [json.loads(line)["input"] for line in data.decode("utf-8").split("\n")[:-1]]
+        assert escaped.encode() in data and json.dumps(str(folder / NOT_UTF8)).encode() in data
+    assert names == [str(folder / "a.wav"), str(folder / NOT_UTF8) if fmt == ".jsonl" else escaped,
+                     str(folder / "z.wav")]
+    assert _classify(model, folder, out) == [] and out.read_bytes() == data  # every row recognised as done
+
+
+@pytest.mark.parametrize("fmt", [".csv", ".jsonl"])
+def test_names_with_line_separators_resume_without_duplicates(model, separated, tmp_path, fmt):
+    out = tmp_path / f"labels{fmt}"
+    _classify(model, separated, out)
+    data = out.read_bytes()
+    if fmt == ".csv":
+        names = [r["input"] for r in csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))]
+        assert names == [str(separated / n) for n in ["a.wav", *SEPARATORS, "z.wav"]]
+    assert _classify(model, separated, out) == [] and out.read_bytes() == data
+    cut = data.index(b"f\nx.wav" if fmt == ".csv" else b"f\\nx.wav") + 2  # inside the row, after its (quoted) \n
+    out.write_bytes(data[:cut])
+    redone = _classify(model, separated, out)
+    assert [Path(r["input"]).name for r in redone] == ["f\nx.wav", "z.wav"] and out.read_bytes() == data
+
+
+@pytest.mark.parametrize("fmt", [".csv", ".jsonl"])
+def test_an_output_cut_inside_a_multibyte_character_resumes(model, inputs, tmp_path, fmt):
+    out = tmp_path / f"labels{fmt}"
+    _classify(model, inputs, out)
+    data = out.read_bytes()
+    note = "♪".encode()  # three bytes; a kill or a full disk cuts bytes: here after the first, in the last row
+    out.write_bytes(data[: data.rindex(note) + 1])
+    redone = _classify(model, inputs, out)
+    assert [Path(r["input"]).name for r in redone] == ["clip, nº2 ♪.wav"] and out.read_bytes() == data
+
+
+def test_onnx_pads_a_short_clip_as_predict_does(model, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from avssl.export import export_onnx
+
+    clf = load_classifier(model, device="cpu")
+    path = export_onnx(clf, tmp_path / "clf.onnx")  # its own check compares with predict, half a window too
+    x = np.stack([tone(f, clf.window_seconds / 2, 7) for f in CLASSES.values()])  # half a window each
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"audio": x})[0]
+    np.testing.assert_allclose(got, clf.predict(x, SR), atol=1e-4, rtol=0)

@@ -75,10 +75,23 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     counts: dict[str, int] = {}
     for _, rel in unique.values():
         counts[rel] = counts.get(rel, 0) + 1
-    return [(p, f"{rel}.npz" if counts[rel] == 1 else f"{rel}.{hashlib.sha1(str(key).encode()).hexdigest()[:10]}.npz")
+    return [(p, f"{rel}.npz" if counts[rel] == 1 else f"{rel}.{_path_hash(key)}.npz")
             for key, (p, rel) in unique.items()]
 
 
+def _path_hash(path: Path) -> str:
+    """Ten hex digits of the SHA-1 of ``path``'s bytes on disk (a name that is not UTF-8 included)."""
+    return hashlib.sha1(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:10]
+
+
+def text_name(text: str) -> str:
+    """``text`` (an input's name, or a message quoting one) as text that encodes to UTF-8: a byte of a file name
+    that is not UTF-8, which Python holds as a lone surrogate (``surrogateescape``: byte ``0xe9`` is U+DCE9),
+    becomes the six characters ``\\udce9``, the escape JSON gives it (``index.jsonl``, written with
+    ``json.dumps``, holds the same text); every other character is kept. In JSON text the escape reads back as
+    the name itself; in other text, replacing each ``\\udcXX`` by U+DCXX and calling ``os.fsencode`` gives the
+    name's bytes (ambiguous only for a name that holds the text ``\\udc80``..``\\udcff`` itself)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -8,8 +8,10 @@ file that cannot be decoded, is not a regular file, or crashes or stalls its dec
 ``status=skipped`` and the reason, and the run goes on.
 
 Resumable: rows are appended as each input finishes (all of an input's rows in one write); a rerun with the same
-output keeps every complete row (a row a kill cut short is redone, and with ``timestamps`` the last input's rows)
-and does the rest.
+output keeps every complete row (a row a kill cut short is redone, also one cut inside a character, and with
+``timestamps`` the last input's rows) and does the rest. Rows end at ``\\n`` and nowhere else (a ``\\n`` or ``\\r`` in
+a name is quoted in CSV, escaped in JSON); a name that is not UTF-8 is written with each such byte escaped as
+``\\udcXX`` (:func:`avssl.embed.collection.text_name`), so it costs only its own row and a rerun knows it as done.
 The settings (model, top-k, threshold, timestamps, hop) are recorded beside the output (``OUT.settings.json``)
 and a rerun with other settings is refused. Imports only inference code.
 """
@@ -22,6 +24,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,8 @@ from tqdm.auto import tqdm
 
 from avssl.checkpoint import file_sha1, load_classifier_state
 from avssl.finetune.classifier import Classifier, classifier_from_state
-from avssl.embed.collection import FILE_TIMEOUT, _cores, add_file_timeout_argument, collect_inputs, decoded, in_order, tower_threads
+from avssl.embed.collection import (FILE_TIMEOUT, _cores, add_file_timeout_argument, collect_inputs, decoded, in_order,
+                                    text_name, tower_threads)
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +58,13 @@ def _top(clf: Classifier, scores, top_k: int, threshold: float | None) -> list[t
 
 
 def _format(rows: list[dict], fmt: str, top_k: int, timestamps: bool) -> str:
-    """Rows as text: JSON lines, or CSV lines with ``label_i``/``score_i`` columns (labels quoted as needed)."""
+    """Rows as text: JSON lines, or CSV lines with ``label_i``/``score_i`` columns (quoted as needed: a cell with a
+    ``\\r`` too, which ``csv`` would leave bare). Names that are not UTF-8 are escaped
+    (:func:`avssl.embed.collection.text_name`); ``\\n`` ends rows and nothing else does."""
     if fmt == ".jsonl":
-        return "".join(json.dumps({k: v for k, v in r.items()}, ensure_ascii=False) + "\n" for r in rows)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)  # \n in a name is escaped
+        return text_name(text)
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
     for r in rows:
         cells = [r["input"], r["status"], r["reason"], r.get("seconds", "")]
         if timestamps:
@@ -66,8 +72,9 @@ def _format(rows: list[dict], fmt: str, top_k: int, timestamps: bool) -> str:
         top = r.get("top", [])
         for i in range(top_k):
             cells += list(top[i]) if i < len(top) else ["", ""]
-        w.writerow(cells)
-    return buf.getvalue()
+        bare_cr = any("\r" in str(c) for c in cells)
+        csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL if bare_cr else csv.QUOTE_MINIMAL).writerow(cells)
+    return text_name(buf.getvalue())
 
 
 def _header(top_k: int, timestamps: bool) -> list[str]:
@@ -75,28 +82,59 @@ def _header(top_k: int, timestamps: bool) -> list[str]:
     return cols + [c for i in range(1, top_k + 1) for c in (f"label_{i}", f"score_{i}")]
 
 
+def _complete_text(out: Path) -> str:
+    """The text of ``out`` up to its last ``\\n``: a kill or a full disk cuts bytes, not characters, so the cut
+    last line is dropped as bytes; from a line that is not UTF-8 on (damage), nothing is kept."""
+    data = out.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return data[: data.rfind(b"\n", 0, e.start) + 1].decode("utf-8")
+
+
+def _records(text: str, fmt: str) -> Iterator[tuple[str, str]]:
+    """``(input, its text)`` per complete row of ``text`` (lines end at ``\\n`` only; a CSV row may span lines
+    inside quotes), the CSV header left out; stops at the first row that does not parse."""
+    lines = [line + "\n" for line in text.split("\n")[:-1]]
+    if fmt == ".jsonl":
+        for line in lines:
+            try:
+                yield json.loads(line)["input"], line
+            except (json.JSONDecodeError, KeyError, TypeError):
+                return
+        return
+    taken: list[str] = []
+
+    def feed() -> Iterator[str]:
+        for line in lines:
+            taken.append(line)
+            yield line
+
+    rows = csv.reader(feed(), strict=True)  # strict: a quoted name cut at one of its \n is an error, not a row
+    try:
+        width = len(next(rows))  # the header
+        taken.clear()
+        for row in rows:
+            if len(row) != width:
+                return
+            yield row[0], "".join(taken)
+            taken.clear()
+    except (csv.Error, StopIteration):
+        return
+
+
 def _done_inputs(out: Path, fmt: str, timestamps: bool) -> tuple[set[str], str]:
-    """``(inputs finished in an earlier run, the text of their rows)``. A last line without its newline was cut by
-    a kill and is dropped; with ``timestamps`` the last input is dropped too (a kill may have cut its rows at a
-    line boundary)."""
+    """``(inputs finished in an earlier run, as :func:`text_name` writes them; the text of their rows)``. A last
+    line without its newline was cut by a kill and is dropped, and an unreadable row with all that follows; with
+    ``timestamps`` the last input is dropped too (a kill may have cut its rows at a line boundary)."""
     if not out.is_file():
         return set(), ""
-    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
-    if fmt == ".csv":
-        lines = lines[1:]  # the header is rewritten
-    if lines and not lines[-1].endswith("\n"):
-        lines.pop()
-    records = []
-    for line in lines:
-        try:
-            name = json.loads(line)["input"] if fmt == ".jsonl" else next(csv.reader([line]))[0]
-        except (json.JSONDecodeError, KeyError, TypeError, csv.Error, StopIteration, IndexError):
-            break  # unreadable: this line and what follows are redone
-        records.append((name, line))
+    records = list(_records(_complete_text(out), fmt))
     if timestamps and records:
         last = records[-1][0]
         records = [r for r in records if r[0] != last]
-    return {name for name, _ in records}, "".join(line for _, line in records)
+    return {text_name(name) for name, _ in records}, "".join(text for _, text in records)
 
 
 def classify_collection(model: str | Path, inputs: list[str | Path], out: str | Path, *, top_k: int = 5,
@@ -126,7 +164,7 @@ def classify_collection(model: str | Path, inputs: list[str | Path], out: str | 
     _check_settings(out, settings, model)
     done, kept = _done_inputs(out, fmt, timestamps)
     items = collect_inputs(inputs)
-    todo = [p for p, _ in items if str(p) not in done]
+    todo = [p for p, _ in items if text_name(str(p)) not in done]
     log.info("classify: %d inputs, %d done earlier, %d to do", len(items), len(items) - len(todo), len(todo))
     tmp = out.with_name(f".{out.name}.tmp")
     header = "" if fmt == ".jsonl" else ",".join(_header(top_k, timestamps)) + "\n"
