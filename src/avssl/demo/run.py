@@ -82,7 +82,7 @@ def _pretrain_runs(cfgs: dict[str, Config], shards: Path, runs_dir: Path, progre
     """Pretrain every config for its ``train.steps``; each run's steps, counted GFLOPs, seconds and final loss."""
     from avssl.checkpoint import load_checkpoint
     from avssl.train.flops import train_step_flops
-    from avssl.train.pretrain.pretrain import pretrain, read_metrics
+    from avssl.train.pretrain import pretrain, read_metrics
 
     out = {}
     for name, cfg in cfgs.items():
