@@ -146,13 +146,24 @@ def in_process_cases(preset: str, ckpt: Path, threads: int, tmp: Path) -> list[C
     ]
 
 
+def opus_files(data_root: Path, count: int) -> list[Path]:
+    """The first ``count`` Opus files of ``data_root``'s Berklee set, as absolute paths (``data_root`` resolved
+    first: a list file in a temporary folder would resolve relative paths against its own folder)."""
+    return sorted((data_root.resolve() / "unlabeled_audio" / "berklee").glob("*.opus"))[:count]
+
+
+def write_listing(files: list[Path], listing: Path) -> Path:
+    """``files`` as an ``avssl embed`` list file at ``listing``, absolute paths one a line."""
+    listing.write_text("".join(f"{f.resolve()}\n" for f in files))
+    return listing
+
+
 def cli_cases(preset: str, ckpt: Path, threads: int, files: list[Path], tmp: Path) -> list[Case]:
     """``avssl embed`` end to end over ``files`` (a list file) on ``threads`` cores, two ways: ``--workers threads
     --threads 1`` (that many files at once, one torch thread each: the default on that many cores) and
     ``--workers 0 --threads threads`` (one file at a time in the main thread, the tower on every core)."""
     e = load_model(ckpt, device="cpu")
-    listing = tmp / "files.txt"
-    listing.write_text("".join(f"{f}\n" for f in files))
+    listing = write_listing(files, tmp / "files.txt")
     lengths = [len(load_audio(f, e.sample_rate)) for f in files]
     secs = sum(lengths) / e.sample_rate
     flops = tower_flops(e) * sum(len(e._window_starts(n)) for n in lengths)
@@ -248,7 +259,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="avssl-speed-"))
-    opus = sorted((args.data_root / "unlabeled_audio" / "berklee").glob("*.opus"))[: args.files]
+    opus = opus_files(args.data_root, args.files)
     if args.files and not opus:
         raise SystemExit(f"no Opus files under {args.data_root}/unlabeled_audio/berklee; pass --data-root or --files 0")
     load_start = os.getloadavg()

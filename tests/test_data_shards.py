@@ -235,3 +235,40 @@ def test_iter_samples_reports_unreadable_shards(tmp_path):
     got = list(iter_samples(urls, handler=lambda e: seen.append(str(e)) or True))
     assert [s["__key__"] for s in got] == [sample["__key__"]]  # no partial sample from the truncated shard
     assert len(seen) == 2 and "cut.tar" in seen[0] and "bad.tar" in seen[1]
+
+
+def test_network_and_fuse_shards_are_read_not_mapped(tmp_path, monkeypatch):
+    """The file-system type of a shard's mount (the longest mount point holding its real path, in /proc/mounts)
+    picks the reader: local types are memory-mapped, network and FUSE types are read; members are equal."""
+    from avssl.data import shardfile
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\nserver:/x /data nfs4 rw 0 0\n"
+                      "sshfs#h: /data/my\\040dir fuse.sshfs rw 0 0\n/dev/sdb /data/local xfs rw 0 0\n")
+    for path, kind in (("/home/a.tar", "ext4"), ("/data/a.tar", "nfs4"), ("/data/my dir/a.tar", "fuse.sshfs"),
+                       ("/data/local/a.tar", "xfs"), ("/datax/a.tar", "ext4")):
+        assert shardfile.mount_fs_type(path, mounts) == kind
+    assert shardfile.mount_fs_type("/a.tar", tmp_path / "none") is None
+    monkeypatch.setattr(shardfile, "mount_fs_type", lambda path: "nfs4")
+    assert "nfs4" in shardfile.map_unsafe("x")
+    monkeypatch.setattr(shardfile, "mount_fs_type", lambda path: "fuse.gcsfuse")
+    assert "fuse.gcsfuse" in shardfile.map_unsafe("x")
+    monkeypatch.setattr(shardfile, "mount_fs_type", lambda path: None)
+    assert "unknown" in shardfile.map_unsafe("x")
+    monkeypatch.setattr(shardfile, "mount_fs_type", lambda path: "ext4")
+    assert shardfile.map_unsafe("x") is None
+
+    writer = ShardWriter(tmp_path / "000000.tar")
+    writer.add(encode_sample(_clip(), "raw", audio_format="pcm"))
+    writer.close()
+    url = str(tmp_path / "000000.tar")
+    (mapped,) = iter_samples([url])
+    monkeypatch.setattr(shardfile, "mount_fs_type", lambda path: "nfs")
+    (read,) = iter_samples([url])
+    assert isinstance(mapped["npy"], memoryview) and isinstance(read["npy"], bytes) and "__mapped__" not in read
+    assert {k: bytes(v) for k, v in mapped.items() if not k.startswith("__")} == {
+        k: v for k, v in read.items() if not k.startswith("__")}
+    monkeypatch.setattr(shardfile.mmap, "mmap", lambda *a, **k: (_ for _ in ()).throw(OSError(19, "No such device")))
+    monkeypatch.setattr(shardfile, "mount_fs_type", lambda path: "ext4")
+    (refused,) = iter_samples([url])
+    assert isinstance(refused["npy"], bytes)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from itertools import islice
 from pathlib import Path
 
@@ -259,3 +261,59 @@ def test_no_clip_twice_in_a_batch_across_passes(tmp_path, workers):
         assert a.keys == b.keys and torch.equal(a.audio, b.audio)
     with pytest.raises(DataError, match="fewer than one global batch"):
         make_loader(folder, data_config("data.batch_size=6"), world_size=2)
+
+
+_TRUNCATING_RUN = """
+import json, logging, os, sys
+from itertools import islice
+sys.path.insert(0, {tests!r})
+logging.basicConfig(level=logging.WARNING)
+from avssl.data import shardfile, shards
+from avssl.data.stream import make_loader
+from test_data_stream import data_config
+shardfile.map_unsafe = lambda path: None  # map the shards whatever file system the test folder is on
+read, cut = shards.iter_samples, []
+
+def truncating(urls, handler=None):  # the first shard is truncated after its first sample was read (mapped)
+    for s in read(urls, handler):
+        yield s
+        if not cut:  # (in the loader's worker process, when there is one)
+            cut.append(urls[0])
+            os.truncate(urls[0], 1024)
+
+shards.iter_samples = truncating
+batches = list(islice(make_loader({folder!r}, data_config("data.num_workers={workers}")), 6))
+print(json.dumps([k for b in batches for k in b.keys]))
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_shard_truncated_while_mapped_is_skipped(tmp_path, workers):
+    """A memory-mapped shard that shrinks during the run: touching the lost pages would be SIGBUS (the loader
+    worker and the run die); the shard's remaining samples and the sample read before the cut are skipped with
+    warnings, the run goes on with the other shards."""
+    folder = write_shards(tmp_path / "s", [planted_clip(i) for i in range(18)], per_shard=6, audio_format="pcm")
+    script = _TRUNCATING_RUN.format(tests=str(Path(__file__).parent), folder=str(folder), workers=workers)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipping unreadable shard data" in proc.stderr and "truncated while being read" in proc.stderr
+    assert "skipping sample" in proc.stderr and "truncated to 1024 bytes" in proc.stderr
+    keys = json.loads(proc.stdout.splitlines()[-1])
+    (cut,) = [p for p in folder.glob("*.tar") if p.stat().st_size == 1024]
+    first = 6 * int(cut.stem)  # the truncated shard held clips first..first+5
+    lost = {planted_clip(i).key for i in range(first, first + 6)}
+    assert len(keys) == 6 * 4 and not lost & set(keys)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ordinary_reads_give_the_batches_of_the_map(shards, monkeypatch, workers):
+    """Shards read with ordinary reads (network or FUSE file systems, mmap refused) give bit-identical batches."""
+    from avssl.data import shardfile
+
+    cfg = data_config(f"data.num_workers={workers}")
+    monkeypatch.setattr(shardfile, "map_unsafe", lambda path: None)
+    mapped = list(islice(make_loader(shards, cfg), 8))
+    monkeypatch.setattr(shardfile, "map_unsafe", lambda path: "on a nfs4 file system (test)")
+    read = list(islice(make_loader(shards, cfg), 8))
+    for a, b in zip(mapped, read, strict=True):
+        assert a.keys == b.keys and torch.equal(a.audio, b.audio) and torch.equal(a.frames, b.frames)

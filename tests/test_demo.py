@@ -142,3 +142,37 @@ def test_results_table_renders_the_numbers():
         "| random-init | - | 0.0 | 25.0 |",
         "| *chance* | 12.5 | 10.0 | 50.0 |",
     ]
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-progress"]])
+def test_cli_no_progress_reaches_every_stage(tmp_path, monkeypatch, flag):
+    """``avssl demo --no-progress`` (as ``pretrain``, ``finetune``, ``eval``) turns off the bars of every stage the demo
+    runs: the stages are stubbed here, recording the ``progress`` they are given, and the run stops after the probes."""
+    import argparse
+
+    from avssl.demo import run as demo_run
+    from avssl.demo.run import add_demo_arguments
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def stage(name, result):
+        def record(*args):
+            seen[name] = args[-1]  # each stage takes ``progress`` last
+            if result is Stop:
+                raise Stop
+            return result
+        return record
+
+    monkeypatch.setattr(demo_run, "_demo_data", stage("world", (tmp_path, [], [])))
+    monkeypatch.setattr(demo_run, "_ingest_splits", stage("ingest", ({}, tmp_path)))
+    monkeypatch.setattr(demo_run, "_pretrain_runs", stage("pretrain", {}))
+    monkeypatch.setattr(demo_run, "_copy_configs", lambda runs, folder: None)
+    monkeypatch.setattr(demo_run, "_probe_runs", stage("probe", Stop))
+    parser = argparse.ArgumentParser()
+    add_demo_arguments(parser)
+    with pytest.raises(Stop):
+        run_demo(parser.parse_args(["--out", str(tmp_path / "demo"), *flag]))
+    assert seen == dict.fromkeys(("world", "ingest", "pretrain", "probe"), not flag)

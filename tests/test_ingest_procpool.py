@@ -103,3 +103,73 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     while any(map(_alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.05)  # polling for the exits, not timing
     assert not any(map(_alive, pids))
+
+
+_STUCK_PARENT = """
+import os, sys, threading
+from avssl.ingest import procpool
+if {no_death_signal}:
+    procpool._die_with_parent = lambda parent_pid: None  # only the parent's SIGTERM handler is tested
+def task(x):
+    path = os.path.join({folder!r}, f"{{x}}.pid")
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    threading.Event().wait()  # stuck for good
+print("pool starts", flush=True)
+list(procpool.imap_guarded(task, range(2), 2))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stuck_worker_dies_with_its_parent(tmp_path, sig):
+    """Both workers are stuck in their task when the parent is killed (SIGKILL: the kernel's parent-death signal
+    ends them; SIGTERM: the parent ends them itself, then dies of the signal). No worker outlives it, and none
+    keeps the parent's stdout open: a caller that captures the output reads its end."""
+    script = _STUCK_PARENT.format(folder=str(tmp_path), no_death_signal=sig == signal.SIGTERM)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + POLL_LIMIT_S
+        while len(list(tmp_path.glob("*.pid"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling for the workers to start their tasks, not timing
+        pids = [int(p.read_text()) for p in sorted(tmp_path.glob("*.pid"))]
+        assert len(pids) == 2 and all(map(_alive, pids))
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=POLL_LIMIT_S)  # end of file once no process holds the pipe
+        assert out == b"pool starts\n" and proc.returncode == -sig
+        deadline = time.monotonic() + POLL_LIMIT_S
+        while any(map(_alive, pids)) and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling for the exits, not timing
+        assert not any(map(_alive, pids))
+    finally:
+        proc.kill()
+        for pid in filter(_alive, pids):  # on a failure, leave no stuck process behind
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_that_dies_idle_costs_no_task(tmp_path):
+    """The out-of-memory killer may pick an idle worker: the task handed to it next was never started, so it
+    runs on a fresh worker. A task that kills its own worker is still reported crashed, and run once."""
+    runs = tmp_path / "runs"
+
+    def task(x):
+        with open(runs, "a") as f:
+            f.write(f"{x}\n")
+        if x == 8:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return os.getpid()
+
+    results = imap_guarded(task, [0, 1, 8, 2], 1)
+    first = next(results)  # one worker, now idle: the next task is handed out when the next result is asked for
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + POLL_LIMIT_S
+    while _alive(first) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling for the exit, not timing
+    second = next(results)
+    assert isinstance(second, int) and second != first
+    killed = Failure("crashed", "worker killed by signal SIGKILL (out of memory, or killed from outside)")
+    assert next(results) == killed
+    assert isinstance(next(results), int)
+    assert list(results) == []
+    assert runs.read_text().split() == ["0", "1", "8", "2"]

@@ -22,11 +22,9 @@ skip the frames entirely: a training crop of 3 s from a 10 s clip costs about a 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import mmap
 import os
 import tarfile
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ import numpy as np
 
 from avssl.data.storage import (AUDIO_FORMATS, AUDIO_MEMBER, FRAME_FORMATS, FRAME_MEMBER, StorageError, decode_audio,
                       decode_frames, encode_audio, encode_frames)  # fmt: skip
+from avssl.data.shardfile import MappedShard, check_mapped, open_local
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -169,28 +168,13 @@ def _tar_header(block: bytes) -> tuple[str, int, bytes]:
     return name.decode("utf-8", "surrogateescape"), size, block[156:157]
 
 
-class _MappedShard:
-    """A local shard file, memory-mapped and read like a stream: ``read`` returns zero-copy memoryview slices,
-    so a sample costs no copy and no memory of its own until a decoder touches the bytes it needs."""
-
-    def __init__(self, path: str) -> None:
-        with open(path, "rb") as f:
-            self.view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-        self.pos = 0
-
-    def read(self, n: int) -> memoryview:
-        out = self.view[self.pos : self.pos + n]
-        self.pos += len(out)
-        return out
-
-
 def _open_shard(url: str):
-    """A context manager giving a readable stream of the shard: memory-mapped for a local file, else
-    WebDataset's ``gopen`` (URLs, ``pipe:`` commands)."""
+    """A context manager giving a readable stream of the shard: for a local file, memory-mapped where that is safe,
+    else ordinary reads (:func:`avssl.data.shardfile.open_local`); else WebDataset's ``gopen`` (URLs, ``pipe:``)."""
     from webdataset.gopen import gopen
 
     if "://" not in url and not url.startswith("pipe:") and os.path.isfile(url) and os.path.getsize(url) > 0:
-        return contextlib.nullcontext(_MappedShard(url))
+        return open_local(url)
     return gopen(url, "rb")
 
 
@@ -229,8 +213,9 @@ def iter_samples(urls: Iterable[str], handler: Callable[[Exception], bool] | Non
     """The raw samples of shards ``urls`` (paths, URLs or ``pipe:`` commands: WebDataset's ``gopen``), in order.
 
     Each is the dict WebDataset yields without decoders (``__key__``, ``__url__``, member extension ->
-    bytes; memoryview slices of a memory-mapped file for a local shard), the input of :func:`decode_sample`.
-    An unreadable shard (cannot be opened, truncated) raises,
+    bytes), the input of :func:`decode_sample`. A local shard is memory-mapped where that is safe (members are
+    then memoryview slices, and ``__mapped__`` says where they point; :mod:`avssl.data.shardfile`), else read.
+    An unreadable shard (cannot be opened, truncated, also while being read) raises,
     or, when ``handler(exception)`` returns true, ends that shard's samples and the next shard is read.
     """
     from webdataset.tariterators import base_plus_ext, valid_sample
@@ -251,6 +236,8 @@ def iter_samples(urls: Iterable[str], handler: Callable[[Exception], bool] | Non
                     if suffix in current:
                         raise ValueError(f"{name}: duplicate member")
                     current[suffix] = data
+                    if isinstance(stream, MappedShard):  # where the views point, checked before a decode
+                        current["__mapped__"] = stream.span()
         except Exception as e:  # the sample being read may be incomplete: dropped
             if handler is None or not handler(ValueError(f"{url}: {type(e).__name__}: {e}")):
                 raise
@@ -273,6 +260,10 @@ class SampleInfo:
 
 def _meta(sample: dict[str, Any]) -> dict[str, Any]:
     key = sample.get("__key__", "?")
+    try:
+        check_mapped(sample)  # before any member is touched: a page past the end of a shrunk file is SIGBUS
+    except OSError as e:
+        raise ShardError(str(e)) from None
     if "json" not in sample:
         raise ShardError(f"sample {key!r} has no 'json' member (members: {sorted(sample)}); is this an avssl shard?")
     meta = json.loads(bytes(sample["json"]))

@@ -82,7 +82,7 @@ def _pretrain_runs(cfgs: dict[str, Config], shards: Path, runs_dir: Path, progre
     """Pretrain every config for its ``train.steps``; each run's steps, counted GFLOPs, seconds and final loss."""
     from avssl.checkpoint import load_checkpoint
     from avssl.train.flops import train_step_flops
-    from avssl.train.pretrain.pretrain import pretrain, read_metrics
+    from avssl.train.pretrain import pretrain, read_metrics
 
     out = {}
     for name, cfg in cfgs.items():
@@ -254,7 +254,7 @@ def _retrieval_runs(checkpoint: Path, clips: list, labels: list[str] | None) -> 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("avssl-demo"), help="output folder (default: avssl-demo)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                        help=f"optimizer steps of each pretraining run (default {DEFAULT_STEPS}: about 9 minutes in all "
+                        help=f"optimizer steps of each pretraining run (default {DEFAULT_STEPS}: about 5 minutes in all "
                         "on an idle 2-core machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--videos", type=Path, default=None,
@@ -268,6 +268,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config override for both pretraining runs (repeatable)")
     parser.add_argument("--probe-seeds", type=int, default=3)
     parser.add_argument("--force", action="store_true", help="delete --out first if it exists")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (world, ingest, pretraining, probes)")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -279,7 +281,7 @@ def run_demo(args: argparse.Namespace) -> int:
     results = run_demo_pipeline(
         args.out, args.steps, args.seed, args.videos, sound_bank=args.sound_bank, overrides=args.overrides,
         world={"num_classes": args.classes, "clips_per_class": args.clips_per_class, "seconds": args.seconds},
-        probe_seeds=args.probe_seeds,
+        probe_seeds=args.probe_seeds, progress=not args.no_progress,
     )
     print()
     print(results_table(results))
