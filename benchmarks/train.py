@@ -53,7 +53,8 @@ from avssl.config import Config, load_config
 from avssl.data.stream import Batch, make_loader
 from avssl.ingest.run import ingest
 from avssl.data.shards import decode_sample, iter_samples, read_manifest
-from avssl.train.pretrain.pretrain import Trainer, plan_views, pretrain
+from avssl.train.pretrain import pretrain
+from avssl.train.trainer import Trainer, plan_views
 from avssl.media.video import encode_video
 
 
