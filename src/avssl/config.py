@@ -156,6 +156,10 @@ class TrainConfig:
     sync_bn: bool = True  # BatchNorm over the global batch when distributed (every backend); false refused then
     val_every: int = 100  # steps between validations when data.val is set; 0: only at the end (docs/training.md)
 
+    def __post_init__(self) -> None:
+        if not self.val_every >= 0:
+            raise ConfigError(f"train.val_every={self.val_every}: must be >= 0 (0: validate only at the end)")
+
 
 EMBED_FEATURES = ("pooled", "layers")
 

@@ -60,23 +60,25 @@ def clip_windows(audio: np.ndarray, frames: np.ndarray, crop_seconds: float, sam
 @torch.no_grad()
 def embed_clips(model: torch.nn.Module, cfg: Config, clips: list, batch_size: int = 32
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit audio and video embeddings ``([C, D], [C, D])`` of ``clips`` (anything with ``.audio`` and
-    ``.frames``): the mean of each clip's window embeddings (:func:`clip_windows`), renormalised."""
+    """Unit audio and video embeddings ``([C, D], [C, D])``, on the CPU, of ``clips`` (anything with ``.audio`` and
+    ``.frames``): the mean of each clip's window embeddings (:func:`clip_windows`), renormalised. The windows
+    run on the model's device."""
     sr, fps, crop = cfg.audio.sample_rate, cfg.video.fps, cfg.data.crop_seconds
     windows = [clip_windows(c.audio, c.frames, crop, sr, fps) for c in clips]
     owner = torch.cat([torch.full((len(a),), i) for i, (a, _) in enumerate(windows)])
     audio = np.concatenate([a for a, _ in windows])
     frames = np.concatenate([f for _, f in windows])
     model.eval()
+    device = next(model.parameters(), torch.empty(0)).device  # a parameterless stand-in runs on the CPU
     a_out, v_out = [], []
     for i in range(0, len(audio), batch_size):
-        emb = model(torch.from_numpy(audio[i : i + batch_size]),
-                    torch.from_numpy(frames[i : i + batch_size]).permute(0, 1, 4, 2, 3))
+        emb = model(torch.from_numpy(audio[i : i + batch_size]).to(device),
+                    torch.from_numpy(frames[i : i + batch_size]).permute(0, 1, 4, 2, 3).to(device))
         audio_view = next((v for v in ("spec", "wave") if v in emb), None)
         if audio_view is None or "video" not in emb:
             raise ValueError(f"retrieval needs an audio and a video tower; this model gives {sorted(emb)}")
-        a_out.append(F.normalize(emb[audio_view].float(), dim=-1))
-        v_out.append(F.normalize(emb["video"].float(), dim=-1))
+        a_out.append(F.normalize(emb[audio_view].float(), dim=-1).cpu())
+        v_out.append(F.normalize(emb["video"].float(), dim=-1).cpu())
 
     def per_clip(x: torch.Tensor) -> torch.Tensor:
         sums = torch.zeros(len(clips), x.shape[1]).index_add_(0, owner, x)
