@@ -89,7 +89,7 @@ class DataConfig:
     num_workers: int = 1
     shuffle_buffer: int = 256
     epoch_batches: int = 0  # 0: derived from the manifest (equal on every rank)
-    val: str = ""  # validation shards (folder with manifest.json) scored during pretraining; "": none (docs/training.md)
+    val: str = ""  # held-out shards (folder with manifest.json) scored while pretraining; "": none (docs/training.md)
 
 
 @dataclass

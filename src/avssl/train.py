@@ -338,7 +338,8 @@ def _data_layout(cfg: Config, world: int) -> dict[str, int]:
 
 def _warn_config_changes(saved: dict[str, Any], cfg: Config) -> None:
     now = cfg.to_dict()
-    changed = [f"{s}.{k}" for s in now for k in now[s] if saved.get(s, {}).get(k) != now[s][k]]
+    changed = [f"{s}.{k}" for s in now for k in now[s]  # a key the checkpoint predates is no change
+               if k in saved.get(s, {}) and saved[s][k] != now[s][k]]
     if changed:
         log.warning("resuming with a changed config: %s", ", ".join(changed))
 

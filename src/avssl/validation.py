@@ -191,7 +191,8 @@ def plot_curves(out: str | Path) -> Path | None:
     for ax, name in zip(axes[0], panels):
         if name == "retrieval":
             for k in ("a2v_top1", "a2v_top5", "chance_top5"):
-                ax.plot([r["step"] for r in val_rows], [r.get(PREFIX + k, np.nan) for r in val_rows], marker=".", label=k)
+                ax.plot([r["step"] for r in val_rows], [r.get(PREFIX + k, np.nan) for r in val_rows], marker=".",
+                        label=k)
             ax.set_ylabel("validation share")
         else:
             ax.plot([r["step"] for r in train_rows], [r.get(name, np.nan) for r in train_rows], lw=1, label="train")
