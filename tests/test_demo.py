@@ -11,7 +11,7 @@ import yaml
 
 from avssl.config import load_config
 from avssl.demo.run import demo_configs, run_demo, run_demo_pipeline
-from avssl.evaluate.retrieval import retrieval
+from avssl.train.retrieval import retrieval
 from avssl.data.shards import Clip
 
 SR, FPS = 16000, 8.0

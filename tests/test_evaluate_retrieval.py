@@ -11,7 +11,8 @@ import pytest
 
 from avssl.cli import main
 from avssl.checkpoint import model_from_checkpoint
-from avssl.evaluate.retrieval import clip_windows, has_retrieval_towers, load_clips, rank_metrics, retrieval, retrieval_inputs
+from avssl.evaluate.retrieval import load_clips, retrieval_inputs
+from avssl.train.retrieval import clip_windows, has_retrieval_towers, rank_metrics, retrieval
 from avssl.media.video import encode_video
 from test_embed import make_checkpoint
 

@@ -25,7 +25,8 @@ def _batch(b: int = 4, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     n, t = int(SR * CROP), int(FPS * CROP)
     frames = torch.randint(0, 256, (b, t, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
-    return Batch(torch.randn(b, n, generator=g), frames, [f"v{i}-0000" for i in range(b)], torch.randn(b, n, generator=g))
+    keys = [f"v{i}-0000" for i in range(b)]
+    return Batch(torch.randn(b, n, generator=g), frames, keys, torch.randn(b, n, generator=g))
 
 
 def test_each_tower_sees_the_crop_its_pairs_name():

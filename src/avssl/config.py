@@ -89,7 +89,7 @@ class DataConfig:
     num_workers: int = 1
     shuffle_buffer: int = 256
     epoch_batches: int = 0  # 0: derived from the manifest (equal on every rank)
-    val: str = ""  # validation shards (folder with manifest.json) scored during pretraining; "": none (docs/training.md)
+    val: str = ""  # held-out shards (folder with manifest.json) scored while pretraining; "": none (docs/training.md)
 
 
 @dataclass
@@ -125,7 +125,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         """Every pair is well formed (:func:`avssl.pairs.parse_pair`); the views it uses are checked against
-        ``model.views`` when training starts (:func:`avssl.trainer.plan_views`)."""
+        ``model.views`` when training starts (:func:`avssl.train.trainer.plan_views`)."""
         for i, pair in enumerate(self.pairs):
             try:
                 parse_pair(pair)
@@ -155,6 +155,10 @@ class TrainConfig:
     channels_last: bool = False
     sync_bn: bool = True  # BatchNorm over the global batch when distributed (every backend); false refused then
     val_every: int = 100  # steps between validations when data.val is set; 0: only at the end (docs/training.md)
+
+    def __post_init__(self) -> None:
+        if not self.val_every >= 0:
+            raise ConfigError(f"train.val_every={self.val_every}: must be >= 0 (0: validate only at the end)")
 
 
 EMBED_FEATURES = ("pooled", "layers")

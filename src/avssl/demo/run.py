@@ -239,7 +239,7 @@ def _retrieval_runs(checkpoint: Path, clips: list, labels: list[str] | None) -> 
     """:func:`retrieval` among ``clips`` with the checkpoint's model (``audio-visual``) and with a seed-0
     random init of its architecture (``random-init``)."""
     from avssl.checkpoint import model_from_checkpoint, random_model
-    from avssl.evaluate.retrieval import retrieval
+    from avssl.train.retrieval import retrieval
 
     model, cfg_run = model_from_checkpoint(checkpoint)
     return {

@@ -42,9 +42,13 @@ def _hash(obj: Any) -> str:
 
 
 def _identity(cfg: Config) -> dict[str, Any]:
-    """The resolved config less ``finetune`` (which no cell reads; keys stay those of sweeps made before it)."""
+    """The resolved config less ``finetune`` (which no cell reads) and the validation settings ``data.val`` and
+    ``train.val_every`` (they change what is measured during pretraining, never the trained weights), so keys
+    stay those of sweeps made before them and a finished run is reused whatever its validation."""
     d = cfg.to_dict()
     d.pop("finetune")
+    d["data"].pop("val")
+    d["train"].pop("val_every")
     return d
 
 

@@ -204,7 +204,7 @@ def _retrieval(cell: Cell, ckpt: Path | None, sets: list[str], data_root: str | 
 
 
 def _needs_retrieval(cell: Cell, sets: list[str]) -> bool:
-    from avssl.evaluate.retrieval import has_retrieval_towers
+    from avssl.train.retrieval import has_retrieval_towers
 
     return cell.kind == "train" and has_retrieval_towers(cell.cfg.model.views) and bool(sets)
 
@@ -305,6 +305,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="a grid axis (repeatable; values are YAML, commas inside [...] do not split)")
     parser.add_argument("--data", required=True, help="training shards (a folder with manifest.json)")
+    parser.add_argument("--val-data", default=None, metavar="SHARDS",
+                        help="held-out shards every pretraining run scores as it goes (data.val; not part of the keys)")
     parser.add_argument("--tasks", required=True, help="comma-separated evaluation tasks (see avssl eval --help)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="folder holding the task datasets (default: $AVSSL_SHARED_DATA or ../shared/data)")
@@ -333,6 +335,8 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("give a recipe (modality, resolution, batch-mixing, or a YAML file) or a --grid")
         base = apply_overrides(load_config(args.config), nest(recipe.get("set", {})))
         base = apply_overrides(base, parse_set(list(args.set)))  # the user's --set wins over the recipe's
+        if args.val_data is not None:
+            base = apply_overrides(base, {"data": {"val": str(Path(args.val_data).resolve())}})
         data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
         cells = plan(base, expand(base, recipe, parse_grid(args.grid), args.seeds), args.seeds, data)
     except ConfigError as e:  # bad recipe, grid key or value: nothing has run yet

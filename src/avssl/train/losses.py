@@ -59,7 +59,7 @@ class ContrastiveLoss(nn.Module):
     (the ids are gathered across ranks, so this holds for global negatives too).
     Returns ``{"nce/a-b": weight * loss}`` (scalars) whose sum is the objective. In the global mode every rank computes the same global loss; with
     ``local_loss`` the mean of the ranks' losses is the global loss. ``gather=False`` scores this process's
-    rows alone and issues no collective (validation on one rank, :mod:`avssl.validation`).
+    rows alone and issues no collective (validation on one rank, :mod:`avssl.train.validation`).
     """
 
     def __init__(self, cfg: LossConfig | None = None):

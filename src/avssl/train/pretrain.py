@@ -8,7 +8,8 @@ ranks); one optimizer step of one rank is :class:`avssl.train.trainer.Trainer`, 
 (``spec-wave``) and audio-only two-crop (a pair of one view with itself, e.g. ``spec-spec``: two
 independent crops of each clip's audio) runs, with or without mixing.
 
-The run folder holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per log step),
+The run folder holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per log step, and one
+per validation when ``data.val`` is set: :mod:`avssl.train.validation`, which also draws ``curves.png``),
 TensorBoard events (``tb/``), ``checkpoint.pt`` (latest; written atomically every
 ``train.ckpt_every`` steps, at the end, and on SIGTERM/SIGINT or ``max_seconds``) and
 ``checkpoint-prev.pt`` (the one before). ``resume=True`` continues exactly: model, loss, optimizer,
@@ -31,12 +32,14 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from avssl.train import distributed as dist
 from avssl.checkpoint import CHECKPOINT, CheckpointError, load_for_resume, save_rotating
-from avssl.config import Config, load_config, save_config
+from avssl.config import Config, apply_overrides, load_config, save_config
 from avssl.data.stream import make_loader
+from avssl.train import distributed as dist
 from avssl.train.losses import AUDIO_VIEWS
 from avssl.train.trainer import Trainer, _rng_state, plan_views
+from avssl.train.validation import PREFIX as VAL_PREFIX
+from avssl.train.validation import ValidationSet, load_validation, plot_curves, validate
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +82,14 @@ def _step_of(row: str) -> float:
         return math.inf
 
 
-def read_metrics(out: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run folder's ``metrics.jsonl`` (empty when the run stopped before its first log step)."""
+def read_metrics(out: str | Path, split: str = "train") -> list[dict[str, Any]]:
+    """The training rows (``split="train"``) or validation rows (``"val"``: keys ``val/...``) of a run folder's
+    ``metrics.jsonl``, in order (empty when the run stopped before its first log step)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split={split!r}; use train or val")
     path = Path(out) / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    return [r for r in rows if any(k.startswith(VAL_PREFIX) for k in r) == (split == "val")]
 
 
 class MetricsWriter:
@@ -173,6 +180,7 @@ def pretrain(
     )
     if state is not None and state.get("data_layout") != _data_layout(cfg, world):
         log.warning("resuming with another world size / worker count: the data order differs from an uninterrupted run")
+    val = load_validation(cfg.data.val, cfg, loader.shards, decode=main) if cfg.data.val else None
     trainer = Trainer(cfg, device, rank=rank, world=world, local_rank=local_rank)
     if state is not None:
         trainer.load_state_dict(state, rank)
@@ -184,11 +192,13 @@ def pretrain(
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.train.steps, initial=start, desc="pretrain", unit="step", dynamic_ncols=True)
-    step, stopped = _train_loop(trainer, loader, out, start, writer, bar, max_seconds)
+    step, stopped = _train_loop(trainer, loader, out, start, writer, bar, max_seconds, val)
     if bar is not None:
         bar.close()
     if writer is not None:
         writer.close()
+        if cfg.data.val:
+            plot_curves(out)
     if stopped:
         log.warning("stopped at step %d of %d (%s); continue with --resume", step, cfg.train.steps, stopped)
     return out / CHECKPOINT
@@ -228,13 +238,15 @@ def _checkpoint(out: Path, trainer: Trainer, step: int) -> None:
 
 def _train_loop(
     trainer: Trainer, loader, out: Path, start: int, writer: MetricsWriter | None, bar, max_seconds: float | None,
+    val: ValidationSet | None = None,
 ) -> tuple[int, str | None]:
-    """Step from ``start`` to ``cfg.train.steps`` (logging every ``train.log_every``, checkpointing every
-    ``train.ckpt_every`` and at the end); returns ``(last step, why it stopped early or None)``."""
+    """Step from ``start`` to ``cfg.train.steps`` (logging every ``train.log_every``, validating every
+    ``train.val_every`` and at the end when ``data.val`` is set, checkpointing every ``train.ckpt_every`` and
+    at the end); returns ``(last step, why it stopped early or None)``."""
     cfg, device, world = trainer.cfg, trainer.device, trainer.world
     interval = _Interval()
     t_start = time.perf_counter()
-    step, stopped = start, None
+    step, stopped, last_val = start, None, {}
     batches = iter(loader)
     with stop_on_signals() as flag:
         while step < cfg.train.steps:
@@ -244,12 +256,15 @@ def _train_loop(
             scalars, emb = trainer.step(batch)
             step += 1
             interval.add(scalars)
+            if cfg.data.val and (step == cfg.train.steps or cfg.train.val_every and step % cfg.train.val_every == 0):
+                last_val = _validate(trainer, val, step, writer)
+                interval.t_log += last_val.get(f"{VAL_PREFIX}seconds", 0.0)  # clips/s counts training time only
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 row = _log_row(step, interval.sums, interval.n, emb, trainer.optimizer, loader, world, interval.wait,
                                interval.t_log)
                 interval = _Interval()
                 if writer is not None:
-                    _report(row, writer, bar)
+                    _report(row, writer, bar, last_val)
             if bar is not None:
                 bar.update(1)
             if _stop_vote(flag, t_start, max_seconds, step, device, world) > 0 and step < cfg.train.steps:
@@ -274,13 +289,35 @@ class _Interval:
         self.n += 1
 
 
-def _report(row: dict[str, Any], writer: MetricsWriter, bar) -> None:
-    """Write a log row (main process): ``metrics.jsonl`` / TensorBoard, the log, the progress bar."""
+def _report(row: dict[str, Any], writer: MetricsWriter, bar, last_val: dict[str, float] | None = None) -> None:
+    """Write a log row (main process): ``metrics.jsonl`` / TensorBoard, the log, the progress bar (with the
+    last validation's loss and top-5 when there is one)."""
     writer.write(row)
     log.info("step %d loss %.4f lr %.2e %.1f clips/s data-wait %.0f%%", row["step"], row["loss"], row["lr"],
              row["clips_per_s"], 100 * row["data_wait"])
     if bar is not None:
-        bar.set_postfix(loss=f"{row['loss']:.3f}", clips_s=f"{row['clips_per_s']:.0f}")
+        bar.set_postfix(loss=f"{row['loss']:.3f}", clips_s=f"{row['clips_per_s']:.0f}", **_val_postfix(last_val))
+
+
+def _val_postfix(val: dict[str, float] | None) -> dict[str, str]:
+    short = {"val_loss": f"{VAL_PREFIX}loss", "val_top5": f"{VAL_PREFIX}a2v_top5"}
+    return {name: f"{val[k]:.3f}" for name, k in short.items() if val and k in val}
+
+
+def _validate(trainer: Trainer, val: ValidationSet | None, step: int, writer: MetricsWriter | None) -> dict[str, float]:
+    """Score the validation set (main process alone; the other ranks wait at a barrier) and write the row to
+    ``metrics.jsonl`` / TensorBoard and the log; the progress bar shows it from the next log row (made at the
+    same step when ``train.val_every`` is a multiple of ``train.log_every``). Returns the row (empty on other ranks)."""
+    row: dict[str, float] = {}
+    if val is not None:
+        row = validate(trainer.model, trainer.loss_fn, val, trainer.cfg, trainer.device)
+        log.info("validation at step %d: %s (%.1f s)", step, " ".join(
+            f"{k[len(VAL_PREFIX):]} {v:.4f}" for k, v in row.items() if k != f"{VAL_PREFIX}seconds"),
+            row[f"{VAL_PREFIX}seconds"])
+        if writer is not None:
+            writer.write({"step": step, **row})
+    dist.barrier()
+    return row
 
 
 def _stop_vote(flag: dict[str, Any], t_start: float, max_seconds: float | None, step: int, device: torch.device,
@@ -301,7 +338,8 @@ def _data_layout(cfg: Config, world: int) -> dict[str, int]:
 
 def _warn_config_changes(saved: dict[str, Any], cfg: Config) -> None:
     now = cfg.to_dict()
-    changed = [f"{s}.{k}" for s in now for k in now[s] if saved.get(s, {}).get(k) != now[s][k]]
+    changed = [f"{s}.{k}" for s in now for k in now[s]  # a key the checkpoint predates is no change
+               if k in saved.get(s, {}) and saved[s][k] != now[s][k]]
     if changed:
         log.warning("resuming with a changed config: %s", ", ".join(changed))
 
@@ -331,12 +369,16 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--val-data", default=None, metavar="SHARDS",
+                        help="held-out shard folder scored every train.val_every steps and at the end (data.val)")
     parser.add_argument("--max-seconds", type=float, default=None, help="save and stop after this much training time")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
+    if args.val_data is not None:
+        cfg = apply_overrides(cfg, {"data": {"val": args.val_data}})
     path = pretrain(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress,
                     max_seconds=args.max_seconds, manifest=args.manifest)
     if dist.is_main_process():
