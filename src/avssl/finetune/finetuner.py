@@ -52,7 +52,9 @@ class _Moments:
 class Finetuner:
     """Tower, head, optimizer and the generator of crops, mixup and masks; the training step and validation."""
 
-    def __init__(self, cfg: Config, tower: nn.Module, labels: list[str], multilabel: bool, steps_per_epoch: int):
+    def __init__(self, cfg: Config, tower: nn.Module, labels: list[str], multilabel: bool, steps_per_epoch: int,
+                 epochs: int):
+        """``epochs`` of ``steps_per_epoch`` steps: the budget the learning-rate schedule spans."""
         fc = self.fc = cfg.finetune
         self.cfg, self.labels, self.multilabel = cfg, labels, multilabel
         self.tower = tower.train()
@@ -73,7 +75,7 @@ class Finetuner:
         self.base_lrs = [g["lr"] for g in groups]
         self.optimizer = torch.optim.AdamW(groups, weight_decay=fc.weight_decay)
         self.steps_per_epoch = steps_per_epoch
-        self.total_steps = fc.epochs * steps_per_epoch
+        self.total_steps = epochs * steps_per_epoch
         self.warmup = int(round(fc.warmup_epochs * steps_per_epoch))
         self.classifier = Classifier(self.embedder, self.head, labels, multilabel)
         self.train_mode()
