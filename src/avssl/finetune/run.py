@@ -3,16 +3,19 @@ task, into one self-contained classifier model file (``OUT/model.pt``, :func:`av
 
 The recipe (every setting in the typed ``finetune`` config section, :class:`avssl.config.FinetuneConfig`;
 docs/finetune.md): AdamW with the tower at ``lr * tower_lr_scale`` and the head at ``lr``, linear warm-up and
-cosine decay over the epoch budget; each step draws a batch from seeded permutations of the training clips, cuts
+cosine decay over the budget; each step draws a batch from seeded permutations of the training clips, cuts
 a random window of each (the embedding window), mixes the batch with mixup and masks spectrogram stripes;
 after each epoch the classifier scores the validation clips exactly as it will score new files (every window,
-:class:`avssl.finetune.classifier.Classifier`), and the best epoch is kept (early stopping after ``patience`` epochs without
-a gain). At the end the best epoch is written as ``model.pt`` and scored on the test clips (``results.json``).
+:class:`avssl.finetune.classifier.Classifier`), and the best epoch is kept (:mod:`avssl.finetune.validation`). The
+run takes at least ``epochs`` epochs and goes on while validation improves, stopping after ``patience`` epochs
+without a gain, at the latest after ``max_steps`` steps (:func:`budget_epochs`). At the end the best epoch is
+written as ``model.pt`` and scored on the test clips (``results.json``, with the budget used).
 
 The run folder holds ``config.yaml``, ``metrics.jsonl`` (one row per epoch), ``skipped.jsonl`` (clips that could not
 be decoded), ``checkpoint.pt`` (every epoch and on SIGTERM/SIGINT, atomic, the previous kept as
 ``checkpoint-prev.pt``), then ``model.pt`` and ``results.json``. ``resume=True`` continues exactly where the
-checkpoint stopped: a killed and resumed run ends with the same weights as an uninterrupted one.
+checkpoint stopped: a killed and resumed run ends with the same weights as an uninterrupted one; settings other than
+the run's own (seed, task, fold, labels, start checkpoint, recipe) are refused (:mod:`avssl.finetune.resume`).
 """
 
 from __future__ import annotations
