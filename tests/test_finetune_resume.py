@@ -95,6 +95,9 @@ def test_same_settings_resume_from_a_moved_start_checkpoint(stopped, tmp_path):
     shutil.copy(stopped["start"], moved)  # same bytes, another path: the same start
     res = _resume(stopped, out, start=str(moved))
     assert res["steps"] == 32 and (out / "model.pt").exists()
+    assert _resume(stopped, out) == res  # finished: its results
+    with pytest.raises(ConfigError, match=r"finetune\.seed \(--seed\): stored 0, given 1"):
+        _resume(stopped, out, seed=1)  # not another run's results under this one's name
 
 
 def test_changed_clips_are_refused(stopped, tmp_path):

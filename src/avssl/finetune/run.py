@@ -102,10 +102,8 @@ def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Pa
     overrides = tuning_overrides(config, list(sets or []))
     if seed is not None:
         overrides.setdefault("finetune", {})["seed"] = int(seed)
-    if (out / MODEL_FILE).exists() and (out / RESULTS_FILE).exists():
-        if resume:
-            log.info("%s is finished: %s", out, out / MODEL_FILE)
-            return json.loads((out / RESULTS_FILE).read_text())
+    finished = (out / MODEL_FILE).exists() and (out / RESULTS_FILE).exists()
+    if finished and not resume:
         raise CheckpointError(f"{out} already holds a finished run ({MODEL_FILE}); choose another --out")
     state = load_for_resume(out) if resume else None
     if not resume and (out / CHECKPOINT).exists():
@@ -117,6 +115,9 @@ def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Pa
     identity = run_identity(start, task, pick_fold(task, fold).name, split)
     if state is not None:
         check_resume(state, identity, cfg, str(out))
+    if finished:  # and resumed with the run's own settings
+        log.info("%s is finished: %s", out, out / MODEL_FILE)
+        return json.loads((out / RESULTS_FILE).read_text())
     split, clips, skipped = _decode(task, split, cfg.audio.sample_rate, progress)
     steps_per_epoch = max(math.ceil(len(split.train) / fc.batch_size), fc.min_epoch_steps)
     torch.manual_seed(fc.seed)  # dropout and mixup's Beta draws (saved in checkpoints)
