@@ -28,7 +28,8 @@ from conftest import sigkill_when
 
 SR = 16000
 CLASSES = {"low, hum": 220.0, "mid tone": 880.0, "höch ♪": 3520.0}
-FAST = ["finetune.epochs=4", "finetune.min_epoch_steps=8", "finetune.batch_size=8", "finetune.warmup_epochs=0.5"]
+FAST = ["finetune.epochs=4", "finetune.max_steps=0", "finetune.min_epoch_steps=8", "finetune.batch_size=8",
+        "finetune.warmup_epochs=0.5"]
 
 
 def tone(freq: float, seconds: float, seed: int) -> np.ndarray:

@@ -187,10 +187,13 @@ FINETUNE_VIEWS = ("spec", "wave")
 class FinetuneConfig:
     """``avssl finetune``: an audio tower trained end to end with a linear head on labelled clips (docs/finetune.md).
 
-    The budget is in epochs (a pass over the training clips, or ``min_epoch_steps`` steps when that is longer,
-    so that runs on a few labels still take enough steps between validations); the run stops early after
-    ``patience`` epochs without a validation gain and keeps the best epoch. AdamW, linear warm-up then cosine
-    decay; the tower learns at ``lr * tower_lr_scale`` (0 freezes its weights). Training clips are cut to the
+    The budget: an epoch is a pass over the training clips, or ``min_epoch_steps`` steps when that is longer (so
+    that runs on a few labels still take enough steps between validations). A run trains at least ``epochs``
+    epochs, then goes on while validation improves and stops after ``patience`` epochs without a gain, at the
+    latest after ``max_steps`` steps (rounded up to a whole epoch, never fewer than ``epochs`` epochs); it keeps the
+    best epoch. ``max_steps=0``: exactly ``epochs`` epochs, early stopping after ``patience`` epochs without a gain
+    at any point (the budget before issue 26). Without a validation split: ``epochs`` epochs, the last kept. AdamW,
+    linear warm-up then cosine decay to 0 at the end of the budget; the tower learns at ``lr * tower_lr_scale`` (0 freezes its weights). Training clips are cut to the
     embedding window at random (``embed.window_seconds``, else the training crop), mixed with mixup
     (``mixup_alpha``, 0 = off) and, on the spectrogram tower, masked (``spec_mask``). ``labels_per_class`` > 0
     keeps that many training clips per class (few-label runs; the draw follows ``seed``). ``bn_stats``: the
@@ -200,7 +203,8 @@ class FinetuneConfig:
 
     view: str = "spec"  # spec | wave: the audio tower to fine-tune
     features: str = "layers"  # pooled | layers: the read-out the head sees (as embed.features; layers measured better)
-    epochs: int = 30
+    epochs: int = 30  # the minimum (max_steps > 0) or the whole budget (max_steps = 0), in epochs
+    max_steps: int = 3000  # the cap of a run that goes on while validation improves; 0: exactly `epochs` epochs
     min_epoch_steps: int = 20
     patience: int = 10  # 0: never stop early
     batch_size: int = 32
@@ -219,7 +223,8 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         """Range checks (a choice is checked with :data:`CHOICES`); NaN fails every rule."""
-        rules = [("epochs", self.epochs >= 1), ("min_epoch_steps", self.min_epoch_steps >= 1),
+        rules = [("epochs", self.epochs >= 1), ("max_steps", self.max_steps >= 0),
+                 ("min_epoch_steps", self.min_epoch_steps >= 1),
                  ("patience", self.patience >= 0), ("batch_size", self.batch_size >= 2), ("lr", self.lr > 0),
                  ("tower_lr_scale", self.tower_lr_scale >= 0), ("weight_decay", self.weight_decay >= 0),
                  ("warmup_epochs", self.warmup_epochs >= 0), ("grad_clip", self.grad_clip >= 0),

@@ -130,14 +130,20 @@ def _carve(
     return np.sort(tr), np.sort(va)
 
 
+def class_quota(counts: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """How many of its ``counts[c]`` examples class ``c`` gives to validation: ``floor(share * n_c)``, plus one more
+    with probability equal to the remainder, but never its last one (a class without examples gives none)."""
+    quota = share * counts
+    return np.minimum(np.floor(quota).astype(int) + (rng.random(len(counts)) < quota % 1), np.maximum(counts - 1, 0))
+
+
 def _carve_keeping_classes(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A validation carve of single-label ``y`` for tasks with few examples per class (e.g. 3): class ``c``
     gives ``floor(share * n_c)`` examples, plus one more with probability equal to the remainder, but never
     its last one, so every class keeps at least one training example and the expected size is ``share``."""
     rng = np.random.default_rng(seed)
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
-    quota = share * counts
-    take = np.minimum(np.floor(quota).astype(int) + (rng.random(len(classes)) < quota % 1), counts - 1)
+    take = class_quota(counts, share, rng)
     if take.sum() == 0:  # every draw missed (a small task): one validation example from a random class
         take[rng.choice(np.flatnonzero(counts > 1))] = 1
     valid = np.concatenate([rng.permutation(np.flatnonzero(inverse == c))[:k] for c, k in enumerate(take)])

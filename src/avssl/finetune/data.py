@@ -14,7 +14,7 @@ import torch
 from avssl.config import FinetuneConfig
 from avssl.evaluate.run import _load_clip
 from avssl.media.audio import load_audio
-from avssl.evaluate.probe import _carve
+from avssl.evaluate.probe import _carve, class_quota
 from avssl.evaluate.tasks_base import Example, Task, TaskDataError
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,10 @@ def _few_labels(task: Task, idx: np.ndarray, per_class: int, seed: int) -> np.nd
 
 def split_task(task: Task, fold_name: str | None, fc: FinetuneConfig) -> Split:
     """The fold's training clips (``labels_per_class`` of each class when > 0), its validation clips (the fold's
-    own, else carved from training by the linear probe's rules, :func:`avssl.evaluate.probe._carve`, groups kept whole),
-    and its test clips. Without a validation set (a class with a single training clip) the run trains its whole
-    budget and keeps the last epoch, with a warning."""
+    own, else carved from training: by the linear probe's rules, :func:`avssl.evaluate.probe._carve`, or, on a task
+    with groups, by :func:`carve_groups`, groups kept whole), and its test clips. Every class keeps training clips.
+    Without a validation set (a class with a single training clip, or groups that cannot be split) the run trains
+    ``finetune.epochs`` epochs and keeps the last, with a warning."""
     if len(task.classes) < 2:
         raise TaskDataError(f"task {task.name} has one class ({task.classes[0]!r}); a classifier needs at least two")
     fold = pick_fold(task, fold_name)
@@ -67,16 +68,55 @@ def split_task(task: Task, fold_name: str | None, fc: FinetuneConfig) -> Split:
         return Split(train, task.indices(fold.valid), test)
     y = task.targets(train)
     counts = np.bincount(y, minlength=len(task.classes)) if y.ndim == 1 else y.sum(0)
+    no_valid = Split(train, np.zeros(0, np.int64), test)
     if counts.min() < 2:
         log.warning("task %s: a class has fewer than 2 training clips, so no validation split can be carved: training "
-                    "the whole budget (%d epochs) without early stopping and keeping the last epoch",
-                    task.name, fc.epochs)
-        return Split(train, np.zeros(0, np.int64), test)
+                    "%d epochs without early stopping and keeping the last epoch", task.name, fc.epochs)
+        return no_valid
     groups = [task.examples[i].group for i in train]
-    groups = None if all(g is None for g in groups) else np.array(
-        [f"#{i}" if g is None else f"g:{g}" for i, g in zip(train, groups)])
-    tr, va = _carve(y, fc.valid_share, fc.seed, groups)
+    if all(g is None for g in groups):
+        tr, va = _carve(y, fc.valid_share, fc.seed)
+        return Split(train[tr], train[va], test)
+    groups = np.array([f"#{i}" if g is None else f"g:{g}" for i, g in zip(train, groups)])
+    tr, va = carve_groups(y, groups, fc.valid_share, fc.seed)
+    whole = [f"{c} ({int(n)} clips, 1 group)" for k, (c, n) in enumerate(zip(task.classes, counts))
+             if len(np.unique(groups[(y == k) if y.ndim == 1 else y[:, k] > 0])) == 1]
+    if len(va) == 0:
+        log.warning("task %s: no group of training clips can validate without taking some class's last training clips "
+                    "(classes whose training clips share one group: %s): training %d epochs without early stopping "
+                    "and keeping the last epoch", task.name, ", ".join(whole) or "none", fc.epochs)
+        return no_valid
+    if whole:
+        log.warning("task %s: these classes' training clips all share one group, so they have no validation clip: %s",
+                    task.name, ", ".join(whole))
     return Split(train[tr], train[va], test)
+
+
+def carve_groups(y: np.ndarray, groups: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, valid)`` positions of ``y`` (class ids or multi-hot), each group (one id per clip) on one side and
+    every class keeping training clips, whatever the number of clips per class (few labels included).
+
+    Class ``c`` gives about its :func:`avssl.evaluate.probe.class_quota` (``share`` of its clips): the groups are
+    visited in seeded random order, and one goes to validation when every class it holds is still below its quota
+    (a group may pass it, as groups come whole) and keeps a training clip. When no group fits, the first group (same
+    order) that leaves every class a training clip validates alone; when none does, validation is empty."""
+    onehot = (np.eye(int(y.max()) + 1, dtype=np.int64)[y] if y.ndim == 1 else (y > 0).astype(np.int64))
+    counts = onehot.sum(0)
+    rng = np.random.default_rng(seed)
+    take = class_quota(counts, share, rng)
+    names, inverse = np.unique(groups, return_inverse=True)
+    per_group = np.zeros((len(names), onehot.shape[1]), np.int64)
+    np.add.at(per_group, inverse, onehot)  # [groups, classes]: clips of each class in each group
+    order, taken, chosen = rng.permutation(len(names)), np.zeros_like(counts), []
+    for k in order:
+        held = per_group[k] > 0
+        if held.any() and (taken[held] < take[held]).all() and (taken + per_group[k] <= counts - 1).all():
+            taken += per_group[k]
+            chosen.append(k)
+    if not chosen:
+        chosen = [k for k in order if (per_group[k] <= counts - 1).all()][:1]
+    valid = np.isin(inverse, chosen)
+    return np.flatnonzero(~valid), np.flatnonzero(valid)
 
 
 def decode_examples(examples: list[Example], sample_rate: int, progress: bool = True

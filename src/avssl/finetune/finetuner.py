@@ -23,10 +23,38 @@ def _batchnorms(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+class _Moments:
+    """Per-channel count, mean and sum of squared deviations (float64) of tensors ``[N, C, *]``, merged batch by
+    batch (Chan et al.'s pairwise update), so every value weighs alike whatever the batch sizes."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, torch.zeros(()), torch.zeros(())
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)  # [C, values]
+        n, mean = x.shape[1], x.mean(1)
+        m2 = (x - mean[:, None]).square().sum(1)
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.n * n / total)
+        self.n = total
+
+    def store(self, bn: nn.Module) -> None:
+        """Write the mean and unbiased variance (BatchNorm's convention) as ``bn``'s running statistics."""
+        if self.n < 2:
+            raise ValueError(f"BatchNorm statistics need at least 2 values per channel, got {self.n}")
+        bn.running_mean.copy_(self.mean.to(bn.running_mean.dtype))
+        bn.running_var.copy_((self.m2 / (self.n - 1)).to(bn.running_var.dtype))
+        bn.num_batches_tracked.zero_()
+
+
 class Finetuner:
     """Tower, head, optimizer and the generator of crops, mixup and masks; the training step and validation."""
 
-    def __init__(self, cfg: Config, tower: nn.Module, labels: list[str], multilabel: bool, steps_per_epoch: int):
+    def __init__(self, cfg: Config, tower: nn.Module, labels: list[str], multilabel: bool, steps_per_epoch: int,
+                 epochs: int):
+        """``epochs`` of ``steps_per_epoch`` steps: the budget the learning-rate schedule spans."""
         fc = self.fc = cfg.finetune
         self.cfg, self.labels, self.multilabel = cfg, labels, multilabel
         self.tower = tower.train()
@@ -47,7 +75,7 @@ class Finetuner:
         self.base_lrs = [g["lr"] for g in groups]
         self.optimizer = torch.optim.AdamW(groups, weight_decay=fc.weight_decay)
         self.steps_per_epoch = steps_per_epoch
-        self.total_steps = fc.epochs * steps_per_epoch
+        self.total_steps = epochs * steps_per_epoch
         self.warmup = int(round(fc.warmup_epochs * steps_per_epoch))
         self.classifier = Classifier(self.embedder, self.head, labels, multilabel)
         self.train_mode()
@@ -63,22 +91,29 @@ class Finetuner:
 
     @torch.no_grad()
     def estimate_bn_stats(self, clips: list[np.ndarray], window: int) -> None:
-        """Set BatchNorm statistics to their averages over one random window of each training clip (batches of
-        ``batch_size``, nothing else in training mode, a generator of its own): the head's always (its
-        standardisation), the tower's too with ``bn_stats=task``."""
+        """Set BatchNorm statistics to the mean and (unbiased) variance over one random window of each training clip
+        (batches of ``batch_size``, nothing else in training mode, a generator of its own): the head's always (its
+        standardisation: exactly the statistics of the training clips' features, every clip weighing alike, a last
+        batch of one clip included), the tower's too with ``bn_stats=task`` (over every value each layer sees, its
+        earlier layers normalising each batch with the batch's own statistics)."""
         g = torch.Generator().manual_seed(self.fc.seed + 1)
-        bns = _batchnorms(self.head) + (_batchnorms(self.tower) if self.fc.bn_stats == "task" else [])
-        momenta = [m.momentum for m in bns]
+        tower_bns = _batchnorms(self.tower) if self.fc.bn_stats == "task" else []
+        moments = {m: _Moments() for m in tower_bns}
+        hooks = [m.register_forward_pre_hook(lambda m, args: moments[m].add(args[0])) for m in tower_bns]
+        head = _Moments()
         self.tower.eval()
         self.head.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the batches
-            m.train()
-        for i in range(0, len(clips), self.fc.batch_size):
-            self.head[0](self.embedder.forward_windows(random_crops(clips[i : i + self.fc.batch_size], window, g))[0])
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
+        for m in tower_bns:
+            m.train()  # normalise with the batch's statistics (no running average is read or kept)
+        try:
+            for i in range(0, len(clips), self.fc.batch_size):
+                crops = random_crops(clips[i : i + self.fc.batch_size], window, g)
+                head.add(self.embedder.forward_windows(crops)[0])
+        finally:
+            for h in hooks:
+                h.remove()
+        for m, mom in [*moments.items(), (self.head[0], head)]:
+            mom.store(m)
         self.train_mode()
 
     def lr_factor(self, step: int) -> float:

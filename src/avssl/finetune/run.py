@@ -3,16 +3,19 @@ task, into one self-contained classifier model file (``OUT/model.pt``, :func:`av
 
 The recipe (every setting in the typed ``finetune`` config section, :class:`avssl.config.FinetuneConfig`;
 docs/finetune.md): AdamW with the tower at ``lr * tower_lr_scale`` and the head at ``lr``, linear warm-up and
-cosine decay over the epoch budget; each step draws a batch from seeded permutations of the training clips, cuts
+cosine decay over the budget; each step draws a batch from seeded permutations of the training clips, cuts
 a random window of each (the embedding window), mixes the batch with mixup and masks spectrogram stripes;
 after each epoch the classifier scores the validation clips exactly as it will score new files (every window,
-:class:`avssl.finetune.classifier.Classifier`), and the best epoch is kept (early stopping after ``patience`` epochs without
-a gain). At the end the best epoch is written as ``model.pt`` and scored on the test clips (``results.json``).
+:class:`avssl.finetune.classifier.Classifier`), and the best epoch is kept (:mod:`avssl.finetune.validation`). The
+run takes at least ``epochs`` epochs and goes on while validation improves, stopping after ``patience`` epochs
+without a gain, at the latest after ``max_steps`` steps (:func:`budget_epochs`). At the end the best epoch is
+written as ``model.pt`` and scored on the test clips (``results.json``, with the budget used).
 
 The run folder holds ``config.yaml``, ``metrics.jsonl`` (one row per epoch), ``skipped.jsonl`` (clips that could not
 be decoded), ``checkpoint.pt`` (every epoch and on SIGTERM/SIGINT, atomic, the previous kept as
 ``checkpoint-prev.pt``), then ``model.pt`` and ``results.json``. ``resume=True`` continues exactly where the
-checkpoint stopped: a killed and resumed run ends with the same weights as an uninterrupted one.
+checkpoint stopped: a killed and resumed run ends with the same weights as an uninterrupted one; settings other than
+the run's own (seed, task, fold, labels, start checkpoint, recipe) are refused (:mod:`avssl.finetune.resume`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from avssl.config import Config, ConfigError, FinetuneConfig, apply_overrides, p
 from avssl.overrides import parse_set
 from avssl.finetune.data import Split, batch_indices, decode_examples, pick_fold, random_crops, split_task
 from avssl.finetune.finetuner import Finetuner
+from avssl.finetune.resume import check_resume, run_identity
+from avssl.finetune.validation import LOSS, Validation, json_safe
 from avssl.evaluate.probe import classification_metrics
 from avssl.evaluate.tasks import default_data_root, load_task
 from avssl.train.pretrain import MetricsWriter, stop_on_signals
@@ -97,23 +102,29 @@ def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Pa
     overrides = tuning_overrides(config, list(sets or []))
     if seed is not None:
         overrides.setdefault("finetune", {})["seed"] = int(seed)
-    if (out / MODEL_FILE).exists() and (out / RESULTS_FILE).exists():
-        if resume:
-            log.info("%s is finished: %s", out, out / MODEL_FILE)
-            return json.loads((out / RESULTS_FILE).read_text())
+    finished = (out / MODEL_FILE).exists() and (out / RESULTS_FILE).exists()
+    if finished and not resume:
         raise CheckpointError(f"{out} already holds a finished run ({MODEL_FILE}); choose another --out")
     state = load_for_resume(out) if resume else None
     if not resume and (out / CHECKPOINT).exists():
         raise CheckpointError(f"{out} already holds {CHECKPOINT}; pass --resume to continue it or choose another --out")
     cfg, tower = starting_point(start, overrides)
     fc = cfg.finetune
-    task, split, clips, skipped = _labelled_clips(task_name, data_root, fold, fc, cfg.audio.sample_rate, progress)
-    n = len(split.train)
-    steps_per_epoch = max(math.ceil(n / fc.batch_size), fc.min_epoch_steps)
+    task = load_task(task_name, data_root if data_root is not None else default_data_root())
+    split = split_task(task, fold, fc)
+    identity = run_identity(start, task, pick_fold(task, fold).name, split)
+    if state is not None:
+        check_resume(state, identity, cfg, str(out))
+    if finished:  # and resumed with the run's own settings
+        log.info("%s is finished: %s", out, out / MODEL_FILE)
+        return json.loads((out / RESULTS_FILE).read_text())
+    split, clips, skipped = _decode(task, split, cfg.audio.sample_rate, progress)
+    steps_per_epoch = max(math.ceil(len(split.train) / fc.batch_size), fc.min_epoch_steps)
     torch.manual_seed(fc.seed)  # dropout and mixup's Beta draws (saved in checkpoints)
-    run = Finetuner(cfg, tower, task.classes, task.multilabel, steps_per_epoch)
-    book = {"step": 0, "best": None, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "loss_sum": 0.0,
-            "early_stop": False, "seconds": 0.0}
+    run = Finetuner(cfg, tower, task.classes, task.multilabel, steps_per_epoch,
+                    budget_epochs(fc, steps_per_epoch, len(split.valid) > 0))
+    book = {"step": 0, "best": None, "best_key": -math.inf, "best_score": None, "best_loss": None, "best_epoch": 0,
+            "bad_epochs": 0, "loss_sum": 0.0, "early_stop": False, "seconds": 0.0}
     if state is not None:
         run.load_weights(state["model_parts"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -124,38 +135,45 @@ def finetune(start: str, task_name: str, out: str | Path, *, data_root: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     write_text(out / "skipped.jsonl", "".join(json.dumps(r) + "\n" for r in skipped))
-    log.info("finetune %s on %s (%s): %d train / %d valid / %d test clips, %d epochs of %d steps", start, task.name,
-             pick_fold(task, fold).name, n, len(split.valid), len(split.test), fc.epochs, steps_per_epoch)
+    log.info("finetune %s on %s (%s): %d train / %d valid / %d test clips, up to %d epochs of %d steps", start,
+             task.name, identity["fold"], len(split.train), len(split.valid), len(split.test),
+             run.total_steps // steps_per_epoch, steps_per_epoch)
     train_clips = [clips[int(i)] for i in split.train]
     if state is None:
         run.estimate_bn_stats(train_clips, run.embedder.window)
     y_all = task.targets()
-    stopped = _train(run, book, out, task, train_clips, y_all[split.train], [clips[int(i)] for i in split.valid],
-                     y_all[split.valid], progress)
+    valid = Validation(task, [clips[int(i)] for i in split.valid], y_all[split.valid])
+    stopped = _train(run, book, out, identity, train_clips, y_all[split.train], valid, progress)
     if stopped:
         log.warning("stopped at step %d of %d (%s); continue with --resume", book["step"], run.total_steps, stopped)
         return {"stopped": stopped, "step": book["step"]}
-    return _finish(run, book, task, split, clips, skipped, cfg, start, out, fold)
+    return _finish(run, book, task, split, clips, skipped, valid, start, out, identity["fold"])
 
 
-def _labelled_clips(task_name: str, data_root, fold: str | None, fc: FinetuneConfig, sample_rate: int, progress: bool
-                    ) -> tuple[Any, Split, dict[int, np.ndarray], list[dict]]:
-    """The task, its split (less the clips that could not be decoded), every used clip's audio by example index,
-    and the skipped clips."""
-    task = load_task(task_name, data_root if data_root is not None else default_data_root())
-    split = split_task(task, fold, fc)
+def budget_epochs(fc: FinetuneConfig, steps_per_epoch: int, validated: bool) -> int:
+    """The epochs the run may take and its learning-rate schedule spans: ``finetune.epochs`` with ``max_steps=0`` or
+    without a validation split, else ``max_steps`` rounded up to whole epochs, never fewer than ``epochs``."""
+    if fc.max_steps == 0 or not validated:
+        return fc.epochs
+    return max(fc.epochs, math.ceil(fc.max_steps / steps_per_epoch))
+
+
+def _decode(task, split: Split, sample_rate: int, progress: bool) -> tuple[Split, dict[int, np.ndarray], list[dict]]:
+    """The split less the clips that could not be decoded, every used clip's audio by example index, and the
+    skipped clips."""
     wanted = np.concatenate([split.train, split.valid, split.test])
     audio, skipped = decode_examples([task.examples[i] for i in wanted], sample_rate, progress)
     clips = {int(wanted[j]): a for j, a in audio.items()}
     split = Split(*(np.array([i for i in s if int(i) in clips], np.int64) for s in (split.train, split.valid, split.test)))
     _check_split(task, split, skipped)
-    return task, split, clips, skipped
+    return split, clips, skipped
 
 
-def _train(run: Finetuner, book: dict, out: Path, task, train_clips: list[np.ndarray], train_y: np.ndarray,
-           valid_clips: list[np.ndarray], valid_y: np.ndarray, progress: bool) -> str | None:
-    """Step until the budget is spent or early stopping says stop, validating and checkpointing every epoch;
-    returns the signal that stopped it early (after a checkpoint), else None."""
+def _train(run: Finetuner, book: dict, out: Path, identity: dict[str, Any], train_clips: list[np.ndarray],
+           train_y: np.ndarray, valid: Validation, progress: bool) -> str | None:
+    """Step until the budget is spent or early stopping says stop, validating and checkpointing every epoch (with
+    the run's ``identity``, :func:`avssl.finetune.resume.run_identity`); returns the signal that stopped it early
+    (after a checkpoint), else None."""
     fc, n, window = run.fc, len(train_clips), run.embedder.window
     writer = MetricsWriter(out, book["step"])
     bar = None
@@ -167,8 +185,8 @@ def _train(run: Finetuner, book: dict, out: Path, task, train_clips: list[np.nda
 
     def checkpoint() -> None:
         book["seconds"] = seconds0 + time.perf_counter() - t0  # training time over every session
-        save_rotating(out, {"config": run.cfg.to_dict(), "model": {}, "model_parts": run.weights(),
-                            "optimizer": run.optimizer.state_dict(), "book": book,
+        save_rotating(out, {"config": run.cfg.to_dict(), "identity": identity, "model": {},
+                            "model_parts": run.weights(), "optimizer": run.optimizer.state_dict(), "book": book,
                             "rng": {"generator": run.generator.get_state(), "torch": torch.get_rng_state()}})
 
     with stop_on_signals() as flag:
@@ -180,7 +198,7 @@ def _train(run: Finetuner, book: dict, out: Path, task, train_clips: list[np.nda
             if bar is not None:
                 bar.update(1)
             if book["step"] % run.steps_per_epoch == 0:
-                book["early_stop"] = _end_epoch(run, book, task, valid_y, valid_clips, writer, bar)
+                book["early_stop"] = _end_epoch(run, book, valid, writer, bar)
                 checkpoint()
                 if book["early_stop"]:
                     log.info("no validation gain for %d epochs: stopping early", fc.patience)
@@ -207,48 +225,58 @@ def _check_split(task, split: Split, skipped: list[dict]) -> None:
                          f"({len(skipped)} clips skipped: see skipped.jsonl)")
 
 
-def _end_epoch(run: Finetuner, book: dict, task, valid_y: np.ndarray, valid_clips: list[np.ndarray],
-               writer: MetricsWriter, bar) -> bool:
-    """Validate, log the epoch, keep the best weights; True when early stopping says stop."""
-    epoch = book["step"] // run.steps_per_epoch
+def _end_epoch(run: Finetuner, book: dict, valid: Validation, writer: MetricsWriter, bar) -> bool:
+    """Validate, log the epoch, keep the best weights; True when early stopping says stop (after ``patience``
+    epochs without a gain, not before ``finetune.epochs`` epochs unless ``max_steps=0``)."""
+    fc, epoch = run.fc, book["step"] // run.steps_per_epoch
     row = {"step": book["step"], "epoch": epoch, "loss": book["loss_sum"] / run.steps_per_epoch,
            "lr": run.optimizer.param_groups[0]["lr"]}
     book["loss_sum"] = 0.0
-    if len(valid_clips):
-        score = classification_metrics(valid_y, run.scores(valid_clips))[task.metric]
-        row[f"valid_{task.metric}"] = score
-        better = score > book["best_score"]
+    if valid.criterion is None:
+        key, better = math.nan, True  # no validation set: the last epoch is kept
     else:
-        score, better = math.nan, True  # no validation set: the last epoch is kept
+        row.update(valid.measure(run.scores(valid.clips)))
+        key = valid.key(row)
+        better = key > book["best_key"]
     if better:
-        book.update(best=run.weights(), best_score=score, best_epoch=epoch, bad_epochs=0)
+        book.update(best=run.weights(), best_key=key, best_score=row.get(f"valid_{valid.task.metric}"),
+                    best_loss=row.get(LOSS), best_epoch=epoch, bad_epochs=0)
     else:
         book["bad_epochs"] += 1
-    writer.write(row)
-    log.info("epoch %d loss %.4f valid %s %s", epoch, row["loss"], task.metric, f"{score:.4f}")
+    writer.write(json_safe(row))
+    shown = {k[len("valid_"):]: v for k, v in row.items() if k.startswith("valid_")}
+    log.info("epoch %d loss %.4f valid %s", epoch, row["loss"], " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     if bar is not None:
-        bar.set_postfix(loss=f"{row['loss']:.3f}", valid=f"{score:.3f}")
-    return run.fc.patience > 0 and book["bad_epochs"] >= run.fc.patience
+        bar.set_postfix(loss=f"{row['loss']:.3f}", **{k: f"{v:.3f}" for k, v in shown.items()})
+    minimum = fc.epochs if fc.max_steps > 0 else 0
+    return fc.patience > 0 and epoch >= minimum and book["bad_epochs"] >= fc.patience
 
 
-def _finish(run: Finetuner, book: dict, task, split: Split, clips: dict, skipped: list[dict], cfg: Config, source: str,
-            out: Path, fold: str | None) -> dict[str, Any]:
-    """Write the best epoch as ``model.pt``, score it on the test clips, write ``results.json``."""
+def _finish(run: Finetuner, book: dict, task, split: Split, clips: dict, skipped: list[dict], valid: Validation,
+            source: str, out: Path, fold: str) -> dict[str, Any]:
+    """Write the best epoch as ``model.pt``, score it on the test clips, write ``results.json`` (with the budget
+    the run used and how its epoch was chosen)."""
+    cfg, spe = run.cfg, run.steps_per_epoch
     if book["best"] is not None:
         run.load_weights(book["best"])
     y_test = task.targets(split.test)
     metrics = classification_metrics(y_test, run.scores([clips[int(i)] for i in split.test]))
-    results = {"task": task.name, "fold": pick_fold(task, fold).name, "start": source, "metric": task.metric,
-               "test": metrics[task.metric], "metrics": metrics,
-               "valid": None if math.isnan(book["best_score"]) else book["best_score"], "best_epoch": book["best_epoch"],
-               "steps": book["step"], "num_train": len(split.train), "num_valid": len(split.valid),
-               "num_test": len(split.test), "skipped": len(skipped), "train_seconds": round(book["seconds"], 1),
-               "labels_per_class": cfg.finetune.labels_per_class, "seed": cfg.finetune.seed}
+    results = json_safe({
+        "task": task.name, "fold": fold, "start": source, "metric": task.metric, "test": metrics[task.metric],
+        "metrics": metrics, "selection": valid.criterion or "last epoch", "valid": book["best_score"],
+        "valid_loss": book["best_loss"], "valid_classes": valid.scored_classes if valid.criterion else 0,
+        "best_epoch": book["best_epoch"], "epochs": book["step"] // spe, "steps": book["step"],
+        "stopped_early": book["early_stop"],
+        "budget": {"min_epochs": cfg.finetune.epochs if cfg.finetune.max_steps > 0 else 0,
+                   "max_epochs": run.total_steps // spe, "steps_per_epoch": spe, "max_steps": run.total_steps},
+        "num_train": len(split.train), "num_valid": len(split.valid), "num_test": len(split.test),
+        "skipped": len(skipped), "train_seconds": round(book["seconds"], 1),
+        "labels_per_class": cfg.finetune.labels_per_class, "seed": cfg.finetune.seed})
     save_classifier(out / MODEL_FILE, config=cfg.to_dict(), view=cfg.finetune.view, tower=run.tower.state_dict(),
                     head=run.head.state_dict(), labels=task.classes, multilabel=task.multilabel, info=results)
-    write_text(out / RESULTS_FILE, json.dumps(results, indent=1))
-    log.info("%s: test %s %.4f (best epoch %d); model: %s", task.name, task.metric, results["test"],
-             book["best_epoch"], out / MODEL_FILE)
+    write_text(out / RESULTS_FILE, json.dumps(results, indent=1, allow_nan=False))
+    log.info("%s: test %s %s (best epoch %d of %d, chosen on %s); model: %s", task.name, task.metric, results["test"],
+             book["best_epoch"], results["epochs"], results["selection"], out / MODEL_FILE)
     return results
 
 
