@@ -3,5 +3,6 @@
 ``losses`` (InfoNCE between view pairs; the only place that gathers across ranks), ``optim`` (optimizer and
 schedule), ``distributed`` (guarded collectives: single-process code just works), ``trainer`` (one optimizer
 step: views, augment, mix, loss), ``pretrain`` (``avssl pretrain``: the loop, metrics, checkpoints, resume),
-``flops`` (FLOPs of a training step).
+``validation`` (held-out losses and retrieval while training), ``retrieval`` (the audio <-> video
+retrieval score, also used by ``avssl eval --retrieval``), ``flops`` (FLOPs of a training step).
 """
