@@ -119,7 +119,7 @@ def test_bad_grid_or_recipe_fails_before_any_work(world, tmp_path, caplog):
     assert _sweep(world, tmp_path / "a", "--grid", "augment.nope=1,2") == 2
     assert "unknown config key 'augment.nope'" in caplog.text
     assert _sweep(world, tmp_path / "b", "no-such-recipe") == 2
-    assert "recipes: batch-mixing, crops, modality, resolution" in caplog.text
+    assert "recipes: batch-mixing, crops, modality, resolution, scaling" in caplog.text
     shards, _ = world
     assert main(["sweep", "--grid", "augment.mix=none", "--data", str(shards), "--tasks", "no-such-task",
                  "--out", str(tmp_path / "c"), *BASE]) == 2
