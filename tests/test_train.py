@@ -19,7 +19,7 @@ import yaml
 
 from avssl.checkpoint import CheckpointError, load_checkpoint
 from avssl.cli import main as cli_main
-from avssl.config import Config, ConfigError, load_config
+from avssl.config import Config, ConfigError, LossConfig, load_config
 from avssl.data.stream import DataError
 from avssl.models import build_model
 from avssl.train.pretrain import embedding_metrics, pretrain
@@ -29,7 +29,7 @@ from test_data_stream import FPS, SIZE, SR, planted_clip, write_shards
 BASE = [f"audio.sample_rate={SR}", f"video.fps={FPS}", f"video.size={SIZE}", "data.crop_seconds=0.5",
         "data.batch_size=4", "data.shuffle_buffer=8", "train.log_every=1"]
 RUN = BASE + ["train.steps=6", "train.ckpt_every=3", "data.num_workers=2"]
-LOSS_KEYS = ("loss", "nce/spec-video", "nce/wave-video", "nce/spec-wave")
+LOSS_KEYS = ("loss", *(f"nce/{p}" for p in LossConfig().pairs))  # the default pairs
 
 
 @pytest.fixture(autouse=True)

@@ -87,7 +87,7 @@ def test_perfectly_aligned_embeddings_give_low_loss_and_scale_invariance():
 
 
 def test_learnable_temperature_gets_gradient_and_missing_views_are_skipped():
-    loss = ContrastiveLoss(LossConfig(learn_temperature=True, temperature=0.1))
+    loss = ContrastiveLoss(LossConfig(pairs=["spec-video", "wave-video", "spec-wave"], learn_temperature=True, temperature=0.1))
     assert loss.temperature == pytest.approx(0.1)
     emb = _emb(views=("spec", "wave"))
     out = loss(emb)

@@ -32,8 +32,9 @@ from avssl.train.pretrain import Trainer
 
 log = logging.getLogger(__name__)
 SR, FPS, SIZE = 16000, 8.0, 16
+# every tower on one crop: the step below runs the model on the first crop only
 CFG = [f"audio.sample_rate={SR}", f"video.fps={FPS}", f"video.size={SIZE}", "data.crop_seconds=0.5",
-       "loss.learn_temperature=true"]
+       "loss.learn_temperature=true", "loss.pairs=[spec-video,wave-video,spec-wave]"]
 HALF = 3  # clips per rank
 
 

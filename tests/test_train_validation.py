@@ -13,7 +13,7 @@ import torch
 
 from avssl.checkpoint import load_checkpoint, model_from_checkpoint
 from avssl.cli import main as cli_main
-from avssl.config import Config, load_config
+from avssl.config import Config, LossConfig, load_config
 from avssl.data.stream import Batch, DataError
 from avssl.train.losses import ContrastiveLoss
 from avssl.train.retrieval import AVClip, retrieval
@@ -25,7 +25,7 @@ from test_data_stream import FPS, SIZE, SR, planted_clip, write_shards
 
 BASE = [f"audio.sample_rate={SR}", f"video.fps={FPS}", f"video.size={SIZE}", "data.crop_seconds=0.5",
         "data.batch_size=4", "data.shuffle_buffer=8", "train.log_every=1", "data.num_workers=0", "train.steps=5"]
-VAL_KEYS = {"val/nce/spec-video", "val/nce/wave-video", "val/nce/spec-wave", "val/loss", "val/a2v_top1",
+VAL_KEYS = {*(f"val/nce/{p}" for p in LossConfig().pairs), "val/loss", "val/a2v_top1",  # the default pairs
             "val/a2v_top5", "val/chance_top5", "val/seconds"}
 
 
