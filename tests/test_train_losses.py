@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from avssl.config import LossConfig
-from avssl.train.losses import ContrastiveLoss, parse_pair
+from avssl.pairs import parse_pair
+from avssl.train.losses import ContrastiveLoss
 
 
 def reference_loss(emb, pairs, weights, temperature, corr=None, sources=None):

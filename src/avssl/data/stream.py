@@ -43,6 +43,11 @@ from avssl.data.shardset import DataError, ShardSet, check_manifest, resolve_sha
 log = logging.getLogger(__name__)
 
 
+def source_of(key: str) -> str:
+    """A sample key's source video id: the key without its last dash-separated field (the clip index)."""
+    return key.rsplit("-", 1)[0]
+
+
 @dataclass
 class Batch:
     """One training batch.
@@ -75,8 +80,8 @@ class Batch:
 
     @property
     def sources(self) -> list[str]:
-        """Each row's source video id: its key without the last dash-separated field (the clip index)."""
-        return [k.rsplit("-", 1)[0] for k in self.keys]
+        """Each row's source video id (:func:`source_of` of its key)."""
+        return [source_of(k) for k in self.keys]
 
     def source_ids(self) -> torch.Tensor:
         """``int64[B]``: a 63-bit hash of each row's source video id (equal ids <=> same source, up to

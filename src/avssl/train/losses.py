@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.config import LossConfig
-from avssl.pairs import AUDIO_VIEWS, SECOND_CROP, VIEWS, parse_pair  # noqa: F401  (importable from here too)
+from avssl.pairs import AUDIO_VIEWS, SECOND_CROP, parse_pair
 from avssl.train.distributed import all_gather_with_grad, get_rank, get_world_size
 
 MAX_LOGIT_SCALE = 100.0  # a learnable temperature never drops below 0.01

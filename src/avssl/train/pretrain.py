@@ -36,7 +36,7 @@ from avssl.checkpoint import CHECKPOINT, CheckpointError, load_for_resume, save_
 from avssl.config import Config, apply_overrides, load_config, save_config
 from avssl.data.stream import make_loader
 from avssl.train import distributed as dist
-from avssl.train.losses import AUDIO_VIEWS
+from avssl.pairs import AUDIO_VIEWS
 from avssl.train.trainer import Trainer, _rng_state, plan_views
 from avssl.train.validation import PREFIX as VAL_PREFIX
 from avssl.train.validation import ValidationSet, load_validation, plot_curves, validate

@@ -23,7 +23,8 @@ from avssl.models import build_model
 from avssl.models.spec import SpecMask
 from avssl.pairs import crop_views
 from avssl.train import distributed as dist
-from avssl.train.losses import SECOND_CROP, ContrastiveLoss, parse_pair
+from avssl.pairs import SECOND_CROP, parse_pair
+from avssl.train.losses import ContrastiveLoss
 from avssl.train.optim import build_optimizer, build_schedule
 
 

@@ -30,7 +30,7 @@ import torch
 
 from avssl.config import Config
 from avssl.data.crops import resize_frames
-from avssl.data.stream import Batch
+from avssl.data.stream import Batch, source_of
 from avssl.pairs import crop_views
 from avssl.train.retrieval import AVClip, clip_windows, has_retrieval_towers, retrieval
 from avssl.data.shardset import DataError, ShardSet, check_manifest, resolve_shards
@@ -78,12 +78,8 @@ def load_validation(data: str | Path, cfg: Config, train: ShardSet | None = None
     if len(clips) < 2:
         raise DataError(f"{where}: {len(clips)} clip(s); validation needs at least 2 (negatives)")
     if train is not None:
-        warn_shared_sources(where, {_source(c.name) for c in clips}, train)
+        warn_shared_sources(where, {source_of(c.name) for c in clips}, train)
     return ValidationSet(where, _crops(clips, cfg), _join_videos(clips))
-
-
-def _source(key: str) -> str:
-    return key.rsplit("-", 1)[0]  # as Batch.sources: the key without its clip index
 
 
 def _crops(clips: list[AVClip], cfg: Config) -> Batch:
@@ -110,7 +106,7 @@ def _join_videos(clips: list[AVClip]) -> list[AVClip]:
     """One clip per source video: its clips' audio and frames concatenated in key order."""
     by_source: dict[str, list[AVClip]] = {}
     for c in sorted(clips, key=lambda c: c.name):
-        by_source.setdefault(_source(c.name), []).append(c)
+        by_source.setdefault(source_of(c.name), []).append(c)
     return [AVClip(np.concatenate([c.audio for c in cs]), np.concatenate([c.frames for c in cs]), s)
             for s, cs in by_source.items()]
 
@@ -123,7 +119,7 @@ def warn_shared_sources(where: str, sources: set[str], train: ShardSet) -> list[
     local = [u for u in train.urls if "://" not in u and not u.startswith("pipe:")]
     if len(local) < len(train.urls):
         log.info("%s: %d remote training shard(s) not checked for shared videos", where, len(train.urls) - len(local))
-    shared = sorted(sources & {_source(s["__key__"]) for s in iter_samples(local)})
+    shared = sorted(sources & {source_of(s["__key__"]) for s in iter_samples(local)})
     if shared:
         log.warning("%s shares %d of its %d source videos with the training shards (e.g. %s): validation then "
                     "scores videos the run trains on; ingest held-out videos instead", where, len(shared),
