@@ -348,3 +348,24 @@ def test_trainer_checks_a_config_built_in_code():
     cfg = load_config("tiny")
     with pytest.raises(ConfigError, match=r"train\.precision='fp16'; use one of auto, bf16, fp32"):
         Trainer(replace(cfg, train=replace(cfg.train, precision="fp16")), torch.device("cpu"))
+
+
+def test_keep_every_keeps_each_steps_weights_and_leaves_training_and_sweep_keys_alone(full_run, shards, tmp_path):
+    from avssl.sweep.plan import Cell
+
+    out = tmp_path / "kept"
+    pretrain(load_config("tiny", RUN + ["train.keep_every=2"]), shards, out, progress=False)
+    snaps = sorted(p.name for p in out.glob("checkpoint-step*.pt"))
+    assert snaps == ["checkpoint-step0000002.pt", "checkpoint-step0000004.pt", "checkpoint-step0000006.pt"]
+    states = {s: load_checkpoint(out / f"checkpoint-step{s:07d}.pt") for s in (2, 4, 6)}
+    assert [states[s]["step"] for s in (2, 4, 6)] == [2, 4, 6]  # later saves did not overwrite a kept step
+    w2, w4 = states[2]["model"], states[4]["model"]
+    assert any(not torch.equal(w2[k], w4[k]) for k in w2)
+    final = load_checkpoint(full_run / "checkpoint.pt")["model"]  # the same run without snapshots
+    for k in final:
+        assert torch.equal(states[6]["model"][k], final[k]), k
+    assert [r["loss"] for r in rows(out)] == [r["loss"] for r in rows(full_run)]
+    keys = {Cell("c", "train", 0, load_config("tiny", RUN + [f"train.keep_every={n}"]), data="d").key for n in (0, 2)}
+    assert len(keys) == 1  # what is kept is not what is trained: a sweep reuses the cell
+    with pytest.raises(ConfigError, match="train.keep_every"):
+        load_config("tiny", ["train.keep_every=-1"])

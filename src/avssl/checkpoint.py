@@ -92,6 +92,24 @@ def save_rotating(folder: str | Path, state: dict[str, Any]) -> Path:
     return save_checkpoint(state, path)
 
 
+def snapshot_name(step: int) -> str:
+    """File name of the kept copy of the checkpoint at ``step`` (``train.keep_every``)."""
+    return f"checkpoint-step{step:07d}.pt"
+
+
+def keep_snapshot(folder: str | Path, step: int) -> Path:
+    """Keep the run's current ``checkpoint.pt`` as ``folder/checkpoint-stepNNNNNNN.pt`` (hard link, else copy);
+    later saves replace ``checkpoint.pt`` by rename, so the snapshot keeps this step's weights."""
+    folder = Path(folder)
+    snap = folder / snapshot_name(step)
+    snap.unlink(missing_ok=True)  # a resumed run redoes the step: its snapshot is the new one
+    try:
+        os.link(folder / CHECKPOINT, snap)
+    except OSError:
+        shutil.copy2(folder / CHECKPOINT, snap)
+    return snap
+
+
 def load_for_resume(folder: str | Path) -> dict[str, Any] | None:
     """The run folder's latest checkpoint, ``None`` when it has none; a bad one raises
     :class:`CheckpointError` that names the previous good checkpoint to fall back on."""

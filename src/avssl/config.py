@@ -156,10 +156,13 @@ class TrainConfig:
     channels_last: bool = False
     sync_bn: bool = True  # BatchNorm over the global batch when distributed (every backend); false refused then
     val_every: int = 100  # steps between validations when data.val is set; 0: only at the end (docs/training.md)
+    keep_every: int = 0  # also keep checkpoint-stepNNNNNNN.pt every this many steps (0: none; docs/training.md)
 
     def __post_init__(self) -> None:
         if not self.val_every >= 0:
             raise ConfigError(f"train.val_every={self.val_every}: must be >= 0 (0: validate only at the end)")
+        if not self.keep_every >= 0:
+            raise ConfigError(f"train.keep_every={self.keep_every}: must be >= 0 (0: keep no step snapshots)")
 
 
 EMBED_FEATURES = ("pooled", "layers")

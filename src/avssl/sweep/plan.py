@@ -42,13 +42,15 @@ def _hash(obj: Any) -> str:
 
 
 def _identity(cfg: Config) -> dict[str, Any]:
-    """The resolved config less ``finetune`` (which no cell reads) and the validation settings ``data.val`` and
-    ``train.val_every`` (they change what is measured during pretraining, never the trained weights), so keys
-    stay those of sweeps made before them and a finished run is reused whatever its validation."""
+    """The resolved config less ``finetune`` (which no cell reads), the validation settings ``data.val`` and
+    ``train.val_every`` and the kept snapshots ``train.keep_every`` (they change what is measured or kept during
+    pretraining, never the trained weights), so keys stay those of sweeps made before them and a finished run is
+    reused whatever its validation."""
     d = cfg.to_dict()
     d.pop("finetune")
     d["data"].pop("val")
-    d["train"].pop("val_every")
+    for key in ("val_every", "keep_every"):
+        d["train"].pop(key)
     return d
 
 

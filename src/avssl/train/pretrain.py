@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from avssl.checkpoint import CHECKPOINT, CheckpointError, load_for_resume, save_rotating
+from avssl.checkpoint import CHECKPOINT, CheckpointError, keep_snapshot, load_for_resume, save_rotating
 from avssl.config import Config, apply_overrides, load_config, save_config
 from avssl.data.stream import make_loader
 from avssl.train import distributed as dist
@@ -225,7 +225,8 @@ def _open_run_folder(out: Path, cfg: Config, start: int) -> MetricsWriter:
 
 
 def _checkpoint(out: Path, trainer: Trainer, step: int) -> None:
-    """Save the run at ``step`` with every rank's generator state (so each resumes its own stream)."""
+    """Save the run at ``step`` with every rank's generator state (so each resumes its own stream), and keep a
+    copy of it when ``step`` is a multiple of ``train.keep_every``."""
     world = trainer.world
     rngs = [_rng_state(trainer.generator)]
     if world > 1:
@@ -233,7 +234,13 @@ def _checkpoint(out: Path, trainer: Trainer, step: int) -> None:
         torch.distributed.all_gather_object(rngs, _rng_state(trainer.generator))
     if dist.is_main_process():
         save_rotating(out, {**trainer.state_dict(), "step": step, "rng": rngs, "data_layout": _data_layout(trainer.cfg, world)})
+        if _keeps(trainer.cfg, step):
+            keep_snapshot(out, step)
     dist.barrier()
+
+
+def _keeps(cfg: Config, step: int) -> bool:
+    return bool(cfg.train.keep_every) and step % cfg.train.keep_every == 0
 
 
 def _train_loop(
@@ -270,7 +277,7 @@ def _train_loop(
             if _stop_vote(flag, t_start, max_seconds, step, device, world) > 0 and step < cfg.train.steps:
                 stopped = flag["signal"] or f"time limit {max_seconds}s"
                 break
-            if step % cfg.train.ckpt_every == 0 and step < cfg.train.steps:
+            if (step % cfg.train.ckpt_every == 0 or _keeps(cfg, step)) and step < cfg.train.steps:
                 _checkpoint(out, trainer, step)
         _checkpoint(out, trainer, step)
     return step, stopped
