@@ -248,16 +248,22 @@ def _interval(ci: tuple[float, float] | None, fmt: str = "+.2f") -> str:
     return "-" if ci is None else f"{ci[0]:{fmt}} to {ci[1]:{fmt}}"
 
 
-def sentence(label: str, s: Series, res: dict, target: int, factor: float, unit: str) -> str:
-    """The plain sentence on what ``target`` videos would give, with its interval and how rough it is."""
+def sentence(label: str, s: Series, res: dict, target: int, factor: float, unit: str,
+             chance: float | None = None) -> str:
+    """The plain sentence on what ``target`` videos would give, with its interval and how rough it is; with
+    ``chance`` (retrieval), a warning when the prediction or its interval reaches down to chance."""
     seeds = sorted({len(v) for v in s.values()})
     n_seeds = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
     ci = res["predicted_90"]
     how = (f"90 % interval {ci[0]:.1f} to {ci[1]:.1f}" if ci is not None else
            "no interval: one seed per size leaves nothing for the bootstrap to resample")
-    return (f"**{label}**: extrapolating the log-linear trend, {factor:g}x more video ({target} videos) predicts "
+    text = (f"**{label}**: extrapolating the log-linear trend, {factor:g}x more video ({target} videos) predicts "
             f"{res['predicted']:.1f}{unit} ({how}); with {len(s)} sizes and {n_seeds} seed{'s' * (n_seeds != '1')} "
             "this is a rough projection, not a measurement.")
+    if chance is not None and (ci[0] if ci is not None else res["predicted"]) <= chance:
+        text += (f" Chance is {chance:.1f}{unit}, inside that reach (a line below it is no prediction at all): "
+                 "the trend does not say that more video lifts this above chance.")
+    return text
 
 
 def plot(panels: list[tuple[str, dict[str, Series]]], fits: dict, target: int, chance: float | None,
@@ -335,7 +341,8 @@ def report(out: Path, tasks: list[str], retrieval: str, factor: float = 10.0, dr
             lines.append(f"| {name} | {res['slope']:+.2f} | {_interval(res['slope_90'])} | {res['predicted']:.1f} | "
                          f"{_interval(res['predicted_90'], '+.1f' if name == 'gain' else '.1f')} |")
             unit = " points" if name == "gain" else " %"
-            sentences.append(sentence(f"{label}, {name}", s, res, target, factor, unit))
+            floor = chance if metric == "a2v_top5" and name != "gain" else None
+            sentences.append(sentence(f"{label}, {name}", s, res, target, factor, unit, floor))
         if len(fitted) < len(by_cell) or not by_cell:
             lines.append(f"\n{label}: a line needs at least 2 sizes; " + (", ".join(
                 k for k in by_cell if k not in fitted) or "no cell") + " has fewer.")

@@ -178,3 +178,14 @@ def test_dry_run_prints_ingest_and_sweep_per_size(tmp_path, capsys):
     assert f"--data {out}/shards/20 --tasks {','.join(TASKS)} --seeds 3 --probe-seeds 1 --threads 1 " \
            f"--set train.steps=1000 --retrieval avepm --out {out}/sweeps/20" in cmds[-1]
     assert not (out / "shards" / "5").exists() and not (out / "sweeps").exists()
+
+
+def test_a_retrieval_prediction_that_reaches_chance_says_so():
+    s = {64: [6.0, 5.0], 128: [4.0, 3.0], 256: [2.0, 3.0]}  # falling towards chance (2.9 %)
+    res = ds.analyse(s, 2560, 200, 0)
+    assert res["predicted"] < 2.9
+    text = ds.sentence("a2v top-5, audio-visual", s, res, 2560, 10, " %", chance=2.9)
+    assert "Chance is 2.9 %, inside that reach" in text
+    rising = {64: [6.0, 5.0], 128: [8.0, 9.0], 256: [12.0, 11.0]}
+    res = ds.analyse(rising, 2560, 200, 0)
+    assert "Chance" not in ds.sentence("a2v top-5, audio-visual", rising, res, 2560, 10, " %", chance=2.9)
