@@ -84,12 +84,18 @@ def save_rotating(folder: str | Path, state: dict[str, Any]) -> Path:
     folder = Path(folder)
     path, prev = folder / CHECKPOINT, folder / PREVIOUS
     if path.exists():
-        prev.unlink(missing_ok=True)
-        try:
-            os.link(path, prev)
-        except OSError:
-            shutil.copy2(path, prev)
+        _link_or_copy(path, prev)
     return save_checkpoint(state, path)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` (replaced if there) the same file as ``src``: a hard link, else a copy. Checkpoints are
+    replaced by rename (:func:`save_checkpoint`), so ``dst`` keeps what ``src`` holds now."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def snapshot_name(step: int) -> str:
@@ -100,13 +106,8 @@ def snapshot_name(step: int) -> str:
 def keep_snapshot(folder: str | Path, step: int) -> Path:
     """Keep the run's current ``checkpoint.pt`` as ``folder/checkpoint-stepNNNNNNN.pt`` (hard link, else copy);
     later saves replace ``checkpoint.pt`` by rename, so the snapshot keeps this step's weights."""
-    folder = Path(folder)
-    snap = folder / snapshot_name(step)
-    snap.unlink(missing_ok=True)  # a resumed run redoes the step: its snapshot is the new one
-    try:
-        os.link(folder / CHECKPOINT, snap)
-    except OSError:
-        shutil.copy2(folder / CHECKPOINT, snap)
+    snap = Path(folder) / snapshot_name(step)
+    _link_or_copy(Path(folder) / CHECKPOINT, snap)  # a run resumed from an earlier checkpoint replaces it
     return snap
 
 
